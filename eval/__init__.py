@@ -1,0 +1,1 @@
+"""Evaluation (`sftmerge.eval`)."""

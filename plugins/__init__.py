@@ -1,0 +1,1 @@
+"""mergekit merge-method plugins (`sftmerge.plugins`)."""

@@ -1,0 +1,98 @@
+"""The recipe set: one mergekit YAML per method, over the same K sub-models and base.
+
+`recipes/` in the repository is this set for the documented default paths; training
+writes the same set into each run folder (`RUN/recipes/`), pointing at its checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import yaml
+
+DEFAULT_BASE = "models/smollm2-135m-instruct"
+DEFAULT_RUN = "runs/demo"
+DEFAULT_K = 3
+DEFAULT_SEED = 42
+
+_HEADERS = {
+    "select": (
+        "Parameter-selection merging (arXiv 2410.03743): every weight element is copied\n"
+        "whole from ONE sub-model, drawn with probability proportional to its weight;\n"
+        "nothing is averaged. The base is not a candidate; it is used only for the\n"
+        "report's count of elements equal to the base."
+    ),
+    "resample": (
+        "Parameter-selection merging with resampling (arXiv 2410.03743): as select.yml,\n"
+        "but where the drawn value equals the base model's (an unchanged parameter) the\n"
+        "element is drawn again among the sub-models that did change it."
+    ),
+    "average": (
+        "Weighted average of the sub-models (mergekit `linear`): the paper's baseline\n"
+        "that parameter selection is compared against."
+    ),
+    "ties": (
+        "TIES merging (arXiv 2306.01708) of the sub-models' deltas from the base, for\n"
+        "comparison: keep the largest 70% of each delta, elect signs, average agreeing."
+    ),
+    "dare_ties": (
+        "DARE-TIES (arXiv 2311.03099), for comparison: random 70% of each delta kept and\n"
+        "rescaled, then TIES sign election. Its drop mask uses mergekit's global seed:\n"
+        "run with `--random-seed 42` to reproduce (the mask also depends on tensor order)."
+    ),
+}
+
+METHODS = tuple(_HEADERS)
+
+
+def recipe(method: str, base: str, models: Sequence[str], seed: int = DEFAULT_SEED) -> Dict:
+    """The recipe for one method as a plain dict (what mergekit's YAML parses to)."""
+    entries: List[Dict] = [{"model": m, "parameters": {"weight": 1.0}} for m in models]
+    if method in ("select", "resample"):
+        return {
+            "merge_method": "param_select",
+            "base_model": base,
+            "models": entries,
+            "parameters": {"resample": method == "resample", "seed": seed},
+        }
+    if method == "average":
+        return {"merge_method": "linear", "models": entries, "parameters": {"normalize": True}}
+    if method in ("ties", "dare_ties"):
+        for e in entries:
+            e["parameters"]["density"] = 0.7
+        return {
+            "merge_method": method,
+            "base_model": base,
+            "models": entries,
+            "parameters": {"normalize": True},
+        }
+    raise ValueError(f"unknown recipe method {method!r}; known: {', '.join(METHODS)}")
+
+
+def render(method: str, base: str, models: Sequence[str], seed: int = DEFAULT_SEED,
+           made_by: str = "", path: str = "THIS.yml") -> str:
+    """YAML text with a header comment saying what the recipe does and expects."""
+    lines = [f"# {line}" if line else "#" for line in _HEADERS[method].splitlines()]
+    lines.append(f"# Expects: base {base}; sub-models {', '.join(models)}.")
+    if made_by:
+        lines.append(f"# {made_by}")
+    lines.append(f"# Run: mergekit-yaml {path} OUT/   (or: sftmerge merge {path} OUT/)")
+    body = yaml.safe_dump(recipe(method, base, models, seed), sort_keys=False)
+    return "\n".join(lines) + "\n" + body
+
+
+def write_recipe_set(folder: Path, base: str, models: Sequence[str], seed: int = DEFAULT_SEED,
+                     methods: Sequence[str] = METHODS, made_by: str = "") -> Dict[str, Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for method in methods:
+        path = folder / f"{method}.yml"
+        path.write_text(render(method, base, models, seed, made_by, str(path)), encoding="utf-8")
+        written[method] = path
+    return written
+
+
+def default_models(run: str = DEFAULT_RUN, k: int = DEFAULT_K) -> List[str]:
+    return [f"{run}/order-{i}" for i in range(k)]

@@ -1,0 +1,128 @@
+"""The selection kernel itself: exact copies, distribution, resampling, determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from sftmerge.plugins.param_select import element_uniforms, select_elements
+
+
+def _models(k=3, n=60_000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, generator=g) + 10 * i for i in range(k)]  # disjoint value ranges
+
+
+def _picked(out, tensors):
+    """Index of the model each output element came from (-1: none)."""
+    which = torch.full(out.shape, -1, dtype=torch.int64)
+    for k, t in enumerate(tensors):
+        which[out == t] = k
+    return which
+
+
+def test_every_element_is_copied_whole_from_one_model():
+    tensors = [t.reshape(200, 300) for t in _models()]
+    out = select_elements(tensors, [1, 1, 1], element_uniforms(0, "w", 60_000))
+    assert out.shape == (200, 300)
+    assert (_picked(out.reshape(-1), [t.reshape(-1) for t in tensors]) >= 0).all()
+
+
+def test_selection_frequencies_follow_weights():
+    tensors = _models()
+    weights = [1.0, 2.0, 3.0]
+    out = select_elements(tensors, weights, element_uniforms(7, "w", 60_000))
+    counts = torch.bincount(_picked(out, tensors), minlength=3).numpy()
+    expected = [60_000 * w / 6 for w in weights]
+    assert chisquare(counts, expected).pvalue > 1e-4
+    # The same counts are far from a uniform choice: the test can tell them apart.
+    assert chisquare(counts, [20_000] * 3).pvalue < 1e-12
+
+
+def test_zero_weight_model_is_never_picked():
+    tensors = _models()
+    out = select_elements(tensors, [1.0, 0.0, 1.0], element_uniforms(1, "w", 60_000))
+    counts = torch.bincount(_picked(out, tensors), minlength=3)
+    assert counts[1] == 0 and counts[0] > 0 and counts[2] > 0
+
+
+def _with_unchanged(n=60_000):
+    """Base plus 3 models; model 0 is unchanged on the first half, all are on the last 1000."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(n, generator=g).to(torch.bfloat16)
+    models = []
+    for k in range(3):
+        m = (base.float() + 0.5 + k).to(torch.bfloat16)  # clearly different from base
+        models.append(m)
+    models[0][: n // 2] = base[: n // 2]
+    for m in models:
+        m[-1000:] = base[-1000:]
+    return base, models
+
+
+def test_resample_leaves_no_base_equal_element_where_a_model_changed():
+    base, models = _with_unchanged()
+    u = element_uniforms(5, "w", base.numel())
+    plain = select_elements(models, [1, 1, 2], u, base=base)
+    assert (plain[: 30_000] == base[: 30_000]).any()  # without resampling some stay at base
+    out = select_elements(models, [1, 1, 2], u, base=base, resample=True)
+    some_changed = torch.stack([m != base for m in models]).any(0)
+    assert not ((out == base) & some_changed).any()
+    # Where no model changed anything, the base value stays.
+    assert torch.equal(out[-1000:], base[-1000:])
+    # Elements whose first draw was a changed model keep that draw.
+    kept = plain != base
+    assert torch.equal(out[kept], plain[kept])
+
+
+def test_resample_redraws_with_renormalised_weights():
+    base, models = _with_unchanged()
+    weights = [1.0, 1.0, 2.0]
+    out = select_elements(models, weights, element_uniforms(9, "w", base.numel()), base=base, resample=True)
+    half = slice(0, 30_000 - 1000)  # model 0 unchanged there; models 1, 2 changed
+    which = _picked(out[half].float(), [m[half].float() for m in models])
+    counts = torch.bincount(which[which >= 0], minlength=3).numpy()
+    # Overall P(k) = w_k/W + P(first pick unchanged) * w_k / W_changed, for k = 1, 2.
+    p1 = 1 / 4 + (1 / 4) * (1 / 3)
+    p2 = 2 / 4 + (1 / 4) * (2 / 3)
+    n = counts.sum()
+    assert counts[0] == 0
+    assert chisquare(counts[1:], [n * p1, n * p2]).pvalue > 1e-4
+
+
+def test_same_seed_same_output_other_seed_differs():
+    tensors = _models()
+    a = select_elements(tensors, [1, 1, 1], element_uniforms(11, "w", 60_000))
+    b = select_elements(tensors, [1, 1, 1], element_uniforms(11, "w", 60_000))
+    c = select_elements(tensors, [1, 1, 1], element_uniforms(12, "w", 60_000))
+    d = select_elements(tensors, [1, 1, 1], element_uniforms(11, "other.weight", 60_000))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert not torch.equal(a, d)  # the tensor name is part of the draw
+
+
+def test_uniforms_do_not_depend_on_thread_count():
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = element_uniforms(3, "x", 1_000_003)
+        torch.set_num_threads(max(2, old))
+        many = element_uniforms(3, "x", 1_000_003)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, many)
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [([1, -1, 1], ">= 0"), ([0, 0, 0], "not all be 0")],
+)
+def test_bad_weights_are_rejected(weights, message):
+    with pytest.raises(ValueError, match=message):
+        select_elements(_models(), weights, element_uniforms(0, "w", 60_000))
+
+
+def test_resample_without_base_is_rejected():
+    with pytest.raises(ValueError, match="base"):
+        select_elements(_models(), [1, 1, 1], element_uniforms(0, "w", 60_000), resample=True)

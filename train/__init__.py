@@ -1,0 +1,1 @@
+"""Multi-order SFT (`sftmerge.train`)."""
