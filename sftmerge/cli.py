@@ -101,5 +101,9 @@ def toy_models(out: str, k: int, seed: int, dtype: str, overwrite: bool) -> None
     click.echo(f"wrote base + {k} sub-models and recipes to {Path(out)}")
 
 
+from sftmerge.eval.cli import eval_command  # noqa: E402
+
+main.add_command(eval_command)
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,136 @@
+"""Model backends (vLLM or Hugging Face transformers), both behind lm-eval's LM interface.
+
+Every task talks to an lm-eval `LM` (`generate_until`, `loglikelihood`), so the same
+request strings reach either backend; prompts are built once, from the model folder's
+own tokenizer and chat template, by `chat_prompt` (never by a backend).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from sftmerge.errors import SftmergeError
+
+BACKENDS = ("auto", "vllm", "hf")
+
+
+def vllm_usable() -> bool:
+    """vLLM is importable and has a device to run on (a GPU, or its CPU build)."""
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return True
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # a broken vLLM install counts as absent
+        return False
+
+
+def resolve_backend(requested: str) -> str:
+    if requested not in BACKENDS:
+        raise SftmergeError(f"unknown backend {requested!r} (known: {', '.join(BACKENDS)})")
+    if requested == "auto":
+        return "vllm" if vllm_usable() else "hf"
+    if requested == "vllm" and not vllm_usable():
+        raise SftmergeError("backend vllm requested but vLLM is not importable with a GPU or its CPU build "
+                            "(pip install 'sftmerge[vllm]')")
+    return requested
+
+
+def load_tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except Exception as e:
+        raise SftmergeError(f"model {model_dir}: cannot load its tokenizer ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+
+def chat_prompt(tokenizer, user_text: str) -> str:
+    """The text a chat model sees for one user turn, ready for the assistant's reply.
+
+    Uses the model's chat template; a model without one gets the bare text.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return user_text
+
+
+@dataclass
+class LoadedModel:
+    path: str
+    name: str
+    backend: str
+    lm: Any  # lm_eval.api.model.LM
+    tokenizer: Any
+    settings: Dict
+
+
+def load_model(model_dir: str, backend: str, batch_size: int, seed: int, max_length: Optional[int] = None) -> LoadedModel:
+    """Load `model_dir` for `backend` ("hf" or "vllm"); failures become one SftmergeError line."""
+    tokenizer = load_tokenizer(model_dir)
+    settings: Dict = {"backend": backend, "batch_size": batch_size}
+    try:
+        if backend == "vllm":
+            from lm_eval.models.vllm_causallms import VLLM
+
+            lm = VLLM(pretrained=model_dir, dtype="auto", batch_size=batch_size, seed=seed,
+                      max_length=max_length, gpu_memory_utilization=0.8)
+            settings["dtype"] = "auto"
+        else:
+            import torch
+            from lm_eval.models.huggingface import HFLM
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            dtype = "bfloat16" if device == "cuda" else "float32"
+            lm = HFLM(pretrained=model_dir, batch_size=batch_size, device=device, dtype=dtype,
+                      max_length=max_length)
+            settings.update(device=device, dtype=dtype)
+    except SftmergeError:
+        raise
+    except Exception as e:
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise SftmergeError(f"model {model_dir} failed to load ({type(e).__name__}: {first})") from None
+    return LoadedModel(path=model_dir, name=model_name(model_dir), backend=backend, lm=lm,
+                       tokenizer=tokenizer, settings=settings)
+
+
+def model_name(model_dir: str) -> str:
+    return Path(model_dir).resolve().name
+
+
+def generate(model: LoadedModel, prompts: List[str], max_new_tokens: int, until: List[str],
+             do_sample: bool = False, temperature: float = 0.0) -> List[str]:
+    """Batched generation of the prompts through the backend's lm-eval `generate_until`."""
+    from lm_eval.api.instance import Instance
+
+    kwargs = {"until": list(until), "max_gen_toks": max_new_tokens, "do_sample": do_sample}
+    if do_sample:
+        kwargs["temperature"] = temperature
+    else:
+        kwargs["temperature"] = 0.0
+    requests = [Instance("generate_until", {}, (p, dict(kwargs)), i) for i, p in enumerate(prompts)]
+    return list(model.lm.generate_until(requests))
+
+
+def continuation_logprobs(model: LoadedModel, pairs: List[tuple]) -> List[tuple]:
+    """(sum log p(continuation | context), number of continuation tokens) per (context, continuation)."""
+    from lm_eval.api.instance import Instance
+
+    requests = [Instance("loglikelihood", {}, (c, x), i) for i, (c, x) in enumerate(pairs)]
+    scores = model.lm.loglikelihood(requests)
+    out = []
+    for (context, continuation), (logprob, _greedy) in zip(pairs, scores):
+        # lm-eval scores the tokens of context+continuation beyond those of the context.
+        n = len(model.lm.tok_encode(context + continuation)) - len(model.lm.tok_encode(context))
+        out.append((float(logprob), max(n, 1)))
+    return out

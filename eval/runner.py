@@ -1,0 +1,130 @@
+"""Evaluate models x tasks, writing each result the moment it exists.
+
+Inputs are checked before any model is loaded; afterwards a model that fails to load,
+or a task that fails, is reported and skipped, and the others still run and are kept.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from sftmerge.errors import SftmergeError
+from sftmerge.eval.backends import load_model, model_name
+from sftmerge.eval.summary import write_summary
+from sftmerge.eval.tasks import EvalSettings, TaskResult, runner
+from sftmerge.fsutil import write_json, write_jsonl
+
+
+def check_inputs(models: Sequence[str], tasks: Sequence[str], settings: EvalSettings) -> None:
+    """Every problem a user can fix, as one line, before anything slow starts."""
+    names: Dict[str, str] = {}
+    for m in models:
+        path = Path(m)
+        if not path.is_dir():
+            raise SftmergeError(f"model {m} not found")
+        if not (path / "config.json").is_file():
+            raise SftmergeError(f"model {m} is not a model folder (no config.json)")
+        name = model_name(m)
+        if name in names:
+            raise SftmergeError(f"models {names[name]} and {m} share the folder name {name!r}; "
+                                "results are stored by folder name")
+        names[name] = m
+    if settings.data_dir is not None and not Path(settings.data_dir).is_dir():
+        raise SftmergeError(f"--data-dir {settings.data_dir} not found")
+    if settings.limit is not None and settings.limit < 1:
+        raise SftmergeError(f"--limit must be at least 1 (got {settings.limit})")
+    if settings.code_samples < 1:
+        raise SftmergeError(f"--code-samples must be at least 1 (got {settings.code_samples})")
+    for task in tasks:
+        if task in ("humaneval", "mbpp"):
+            from sftmerge.eval.sandbox import require_opt_in
+
+            require_opt_in(settings.allow_code_execution, task)
+        if settings.data_dir is not None:
+            if task in ("gsm8k", "humaneval", "mbpp"):
+                from sftmerge.eval.lm_eval_tasks import local_data_files
+
+                local_data_files(task, settings.data_dir)
+            elif task == "alpaca":
+                from sftmerge.eval.alpaca import check_data
+
+                check_data(settings.data_dir)
+    if settings.judge is not None and not (Path(settings.judge) / "config.json").is_file():
+        raise SftmergeError(f"--judge {settings.judge} is not a model folder (no config.json)")
+
+
+def result_document(model, task: str, result: TaskResult, settings: EvalSettings, seconds: float) -> Dict:
+    n = len(result.samples)
+    doc = {
+        "model": model.path, "model_name": model.name, "task": task, "backend": model.backend, "n": n,
+        "metrics": result.metrics,
+        "settings": {**result.settings, "seed": settings.seed, "batch_size": settings.batch_size,
+                     "model_settings": model.settings},
+        "seconds": round(seconds, 2),
+        "per_sample": f"{task}.samples.jsonl",
+    }
+    doc.update(result.extra)
+    return doc
+
+
+def write_result(out: Path, model, task: str, result: TaskResult, settings: EvalSettings, seconds: float) -> Dict:
+    folder = Path(out) / model.name
+    folder.mkdir(parents=True, exist_ok=True)
+    # Samples and side files first: a result JSON always has its samples beside it.
+    write_jsonl(folder / f"{task}.samples.jsonl", result.samples)
+    for name, data in result.files.items():
+        write_json(folder / name, data)
+    doc = result_document(model, task, result, settings, seconds)
+    write_json(folder / f"{task}.json", doc)
+    return doc
+
+
+def headline(doc: Dict) -> str:
+    metric, cell = next(iter(doc["metrics"].items()))
+    return f"{doc['model_name']}/{doc['task']}: {metric} {cell['value']:.3f} (n={doc['n']}, {doc['seconds']:.0f}s)"
+
+
+def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalSettings, backend: str,
+                    out: Path, echo=print) -> List[str]:
+    """Run everything; returns the failure lines (empty when all went well)."""
+    from tqdm.auto import tqdm
+
+    check_inputs(models, tasks, settings)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures: List[str] = []
+    bar = tqdm(total=len(models) * len(tasks), desc="evaluating", unit="task")
+    for m in models:
+        try:
+            model = load_model(m, backend, settings.batch_size, settings.seed)
+        except SftmergeError as e:
+            failures.append(str(e))
+            echo(f"error: {e}")
+            bar.update(len(tasks))
+            continue
+        for task in tasks:
+            bar.set_postfix_str(f"{model.name}/{task}")
+            t0 = time.time()
+            try:
+                with tempfile.TemporaryDirectory(prefix="sftmerge-eval-") as workdir:
+                    result = runner(task)(model, settings, Path(workdir))
+                doc = write_result(out, model, task, result, settings, time.time() - t0)
+                echo(headline(doc))
+            except SftmergeError as e:
+                failures.append(f"{model.name}/{task}: {e}")
+                echo(f"error: {model.name}/{task}: {e}")
+            except Exception as e:  # one task's crash must not lose the other results
+                failures.append(f"{model.name}/{task}: {type(e).__name__}: {e}")
+                echo(f"error: {model.name}/{task}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                traceback.print_exc()
+            bar.update(1)
+        del model
+        gc.collect()
+        write_summary(out)  # after every model, so an interrupted run still has one
+    bar.close()
+    return failures

@@ -1,0 +1,130 @@
+"""OUT/summary.{json,md,png}: every model x task result found under OUT, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from sftmerge.eval.tasks import LOWER_IS_BETTER, TASKS
+from sftmerge.fsutil import write_json
+
+
+def collect(out: Path) -> List[Dict]:
+    """All result files OUT/<model>/<task>.json, in model then task order."""
+    rows = []
+    for path in sorted(Path(out).glob("*/*.json")):
+        if path.stem not in TASKS:
+            continue
+        try:
+            rows.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue  # a result being replaced right now; the next summary has it
+    return rows
+
+
+def columns(rows: List[Dict]) -> List[tuple]:
+    """(task, metric) pairs in task order, then metric order of first appearance."""
+    seen: Dict[tuple, None] = {}
+    for task in TASKS:
+        for r in rows:
+            if r["task"] == task:
+                for metric in r["metrics"]:
+                    seen[(task, metric)] = None
+    return list(seen)
+
+
+def table(rows: List[Dict]) -> Dict:
+    """{"models": [...], "columns": [...], "cells": {model: {"task/metric": metric dict}}, "best": {...}}."""
+    models = list(dict.fromkeys(r["model_name"] for r in rows))
+    cols = columns(rows)
+    cells: Dict[str, Dict] = {m: {} for m in models}
+    for r in rows:
+        for metric, value in r["metrics"].items():
+            cells[r["model_name"]][f"{r['task']}/{metric}"] = value
+    best = {}
+    for task, metric in cols:
+        key = f"{task}/{metric}"
+        scored = [(cells[m][key]["value"], m) for m in models if cells[m].get(key, {}).get("value") is not None]
+        if len(scored) > 1:
+            pick = min if metric in LOWER_IS_BETTER else max
+            top = pick(v for v, _ in scored)
+            best[key] = [m for v, m in scored if v == top]
+    return {"models": models, "columns": [f"{t}/{m}" for t, m in cols], "cells": cells, "best": best}
+
+
+def _fmt(cell: Optional[Dict]) -> str:
+    if not cell or cell.get("value") is None:
+        return "-"
+    text = f"{cell['value']:.3f}"
+    if cell.get("ci95"):
+        lo, hi = cell["ci95"]
+        text += f" [{lo:.3f}, {hi:.3f}]"
+    return text
+
+
+def markdown(t: Dict, rows: List[Dict]) -> str:
+    lines = ["# Evaluation summary", "",
+             "Value [95% interval: value +- 1.96 standard errors]; **bold** = best in its column "
+             f"(lower is better for: {', '.join(sorted(LOWER_IS_BETTER))}).", ""]
+    lines.append("| model | " + " | ".join(t["columns"]) + " |")
+    lines.append("|---|" + "---|" * len(t["columns"]))
+    for m in t["models"]:
+        cells = []
+        for c in t["columns"]:
+            text = _fmt(t["cells"][m].get(c))
+            cells.append(f"**{text}**" if m in t["best"].get(c, []) else text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "| model | task | n | backend | seconds |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model_name']} | {r['task']} | {r['n']} | {r['backend']} | {r['seconds']:.1f} |")
+    judges = {r["judge"]["model"] for r in rows if r["task"] == "alpaca" and r.get("judge")}
+    if judges:
+        lines += ["", f"alpaca win rates are judged locally by: {', '.join(sorted(judges))} "
+                      "(pairwise against the reference outputs, both orders); not the official AlpacaEval number."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(t: Dict, path: Path) -> None:
+    """Grouped bars: one group per task/metric, one bar per model, 95% intervals as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cols, models = t["columns"], t["models"]
+    fig, axes = plt.subplots(1, max(1, len(cols)), figsize=(max(4.0, 2.2 * len(cols) + 1), 3.6), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, col in zip(axes[0], cols):
+        # Own axis per column: accuracies and losses do not share a scale.
+        x = np.arange(len(models))
+        for i, m in enumerate(models):
+            cell = t["cells"][m].get(col)
+            if not cell or cell.get("value") is None:
+                continue
+            v = cell["value"]
+            lo, hi = cell.get("ci95") or (v, v)
+            ax.bar(x[i], v, color=colors[i % len(colors)], yerr=[[v - lo], [hi - v]], capsize=3,
+                   edgecolor="black" if m in t["best"].get(col, []) else None, label=m)
+        ax.set_title(col, fontsize=9)
+        ax.set_xticks([])
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i % len(colors)]) for i in range(len(models))]
+    fig.legend(handles, models, loc="lower center", ncol=min(len(models), 6), fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_summary(out: Path) -> Dict:
+    out = Path(out)
+    rows = collect(out)
+    t = table(rows)
+    write_json(out / "summary.json", t)
+    tmp = out / ".summary.md.tmp"
+    tmp.write_text(markdown(t, rows), encoding="utf-8")
+    tmp.replace(out / "summary.md")
+    chart(t, out / "summary.png")
+    return t
