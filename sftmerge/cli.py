@@ -56,6 +56,7 @@ class _Group(click.Group):
 
 LAZY = {
     "merge": ("sftmerge.merge_cli:merge", "Validate a mergekit recipe strictly, then merge it (writes merge_report.json)."),
+    "analyze": ("sftmerge.eval.analyze:analyze", "Diagnostics: delta sparsity, training imbalance."),
 }
 
 
