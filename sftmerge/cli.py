@@ -6,6 +6,7 @@ Heavy imports (torch, mergekit, transformers) happen inside the commands, so
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -15,7 +16,35 @@ from sftmerge.errors import SftmergeError
 
 
 class _Group(click.Group):
-    """Turns SftmergeError into one `error: ...` line and exit status 1."""
+    """Lazily imported subcommands; SftmergeError becomes one `error: ...` line, exit 1.
+
+    `lazy` maps a command name to ("module:attribute", one-line help), so `--help`
+    lists it without importing torch or mergekit.
+    """
+
+    def __init__(self, *args, lazy=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy and name not in self.commands:
+            module, attribute = self.lazy[name][0].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.commands:
+                rows.append((name, self.commands[name].get_short_help_str(formatter.width - 20)))
+            else:
+                rows.append((name, self.lazy[name][1]))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx):
         try:
@@ -25,48 +54,16 @@ class _Group(click.Group):
             sys.exit(1)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+LAZY = {
+    "merge": ("sftmerge.merge_cli:merge", "Validate a mergekit recipe strictly, then merge it (writes merge_report.json)."),
+    "analyze": ("sftmerge.eval.analyze:analyze", "Diagnostics: delta sparsity, training imbalance."),
+}
+
+
+@click.group(cls=_Group, lazy=LAZY, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="sftmerge")
 def main() -> None:
     """Multi-order SFT, parameter-selection merging and evaluation."""
-
-
-def _merge_command():
-    from mergekit.options import MergeOptions, add_merge_options
-
-    @main.command("merge")
-    @click.argument("recipe", type=click.Path(dir_okay=False))
-    @click.argument("out", type=click.Path(file_okay=False))
-    @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists (only once the new merge is complete).")
-    @click.option("--validate-only", is_flag=True, help="Check the recipe and its models, merge nothing.")
-    @add_merge_options
-    def merge(merge_options: MergeOptions, recipe: str, out: str, overwrite: bool, validate_only: bool) -> None:
-        """Validate RECIPE strictly, then merge it into OUT (any mergekit option applies).
-
-        Writes OUT/merge_report.json: per input model the fraction of elements taken
-        from it, the fraction equal to the base before/after resampling, and the seed.
-        """
-        from sftmerge.merging import load_recipe, run_recipe
-
-        parsed = load_recipe(recipe)
-        if validate_only:
-            click.echo(f"ok: {recipe} ({parsed.config.merge_method})")
-            return
-        merge_options.apply_global_options()
-        report = run_recipe(parsed, out, merge_options, overwrite=overwrite)
-        line = f"merged {recipe} -> {out} in {report['seconds']:.1f}s"
-        if "fraction_from_model" in report:
-            fr = ", ".join(f"{v:.3f}" for v in report["fraction_from_model"].values())
-            line += f"; taken from each model: {fr}"
-            if report.get("fraction_equal_base_after_resample") is not None:
-                line += (
-                    f"; equal to base: {report['fraction_equal_base_before_resample']:.4f}"
-                    f" -> {report['fraction_equal_base_after_resample']:.4f}"
-                )
-        click.echo(line)
-
-
-_merge_command()
 
 
 @main.command("toy-models")
@@ -100,6 +97,15 @@ def toy_models(out: str, k: int, seed: int, dtype: str, overwrite: bool) -> None
         )
     click.echo(f"wrote base + {k} sub-models and recipes to {Path(out)}")
 
+
+@main.group()
+def bench() -> None:
+    """Benchmarks that print ratios against a peer run in the same session."""
+
+
+from sftmerge.bench_merge import bench_merge  # noqa: E402  (light: no torch at import)
+
+bench.add_command(bench_merge)
 
 from sftmerge.eval.cli import eval_command  # noqa: E402
 

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from sftmerge import checkpoint
 from sftmerge.errors import SftmergeError
 
 REPORT_NAME = "merge_report.json"
@@ -201,21 +202,11 @@ def _check_model_exists(path: str) -> None:
 
 
 def _local_layout(path: str) -> Optional[Tuple[str, Dict[str, Tuple[int, ...]]]]:
-    """(architecture, {tensor: shape}) read from config.json and safetensors headers."""
+    """(architecture, {tensor: shape}) from config.json and safetensors headers; None if not local."""
     folder = Path(path).expanduser()
-    if not folder.is_dir():
+    if not folder.is_dir() or not list(folder.glob("*.safetensors")):
         return None
-    cfg = json.loads((folder / "config.json").read_text())
-    arch = ",".join(cfg.get("architectures") or [cfg.get("model_type", "?")])
-    shapes: Dict[str, Tuple[int, ...]] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
-        for name, info in header.items():
-            if name != "__metadata__":
-                shapes[name] = tuple(info["shape"])
-    return arch, shapes
+    return checkpoint.architecture(folder), checkpoint.shapes(folder)
 
 
 def _check_compatible(paths: List[str]) -> None:

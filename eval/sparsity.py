@@ -1,0 +1,137 @@
+"""How sparse is a fine-tuning delta? Fractions of `model - base` that are exactly zero or tiny.
+
+PAFT (arXiv 2406.17923) reports DPO deltas naturally sparse, SFT deltas dense, and SFT
+with an L1 penalty on its delta sparse; this measures it for any models against a base,
+per layer type (q_proj, mlp.down_proj, input_layernorm, ...) and overall.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from sftmerge import checkpoint
+from sftmerge.errors import SftmergeError
+
+OVERALL = "all"
+
+
+@dataclass
+class DeltaCount:
+    elements: int = 0
+    zero: int = 0  # exactly equal to the base in the stored dtype
+    small: int = 0  # |delta| <= tolerance (zero included)
+
+    def add(self, other: "DeltaCount") -> None:
+        self.elements += other.elements
+        self.zero += other.zero
+        self.small += other.small
+
+    def as_dict(self) -> dict:
+        return {
+            "elements": self.elements,
+            "fraction_zero": self.zero / self.elements if self.elements else None,
+            "fraction_small": self.small / self.elements if self.elements else None,
+        }
+
+
+def layer_type(name: str) -> str:
+    """`model.layers.3.self_attn.q_proj.weight` -> `self_attn.q_proj`."""
+    name = re.sub(r"^model\.", "", name)
+    name = re.sub(r"^layers\.\d+\.", "", name)
+    return re.sub(r"\.weight$", "", name)
+
+
+def delta_sparsity(model: str | Path, base: str | Path, tolerance: float) -> Dict[str, DeltaCount]:
+    from tqdm import tqdm
+
+    base_shapes, model_shapes = checkpoint.shapes(base), checkpoint.shapes(model)
+    if set(base_shapes) != set(model_shapes) or any(model_shapes[n] != s for n, s in base_shapes.items()):
+        raise SftmergeError(f"{model} does not have the same tensors and shapes as the base {base}")
+    counts: Dict[str, DeltaCount] = {OVERALL: DeltaCount()}
+    for name, m, b in tqdm(checkpoint.iter_pairs(model, base), total=len(base_shapes),
+                           desc=f"delta {Path(model).name}", leave=False):
+        if not m.is_floating_point():
+            continue
+        c = DeltaCount(
+            elements=m.numel(),
+            zero=int((m == b).sum()),
+            small=int(((m.float() - b.float()).abs() <= tolerance).sum()),
+        )
+        counts.setdefault(layer_type(name), DeltaCount()).add(c)
+        counts[OVERALL].add(c)
+    return counts
+
+
+def model_labels(models: Sequence[str]) -> List[str]:
+    """Folder names, with the parent prepended where two names collide."""
+    names = [Path(m).name or str(m) for m in models]
+    return [f"{Path(m).parent.name}/{n}" if names.count(n) > 1 else n for m, n in zip(models, names)]
+
+
+def write_outputs(table: Dict[str, Dict[str, DeltaCount]], base: str, tolerance: float, out: Path) -> str:
+    """sparsity.json / .csv / .md / .png in `out`; returns the markdown table."""
+    import csv
+
+    from sftmerge.fsutil import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    models = list(table)
+    types = sorted({t for counts in table.values() for t in counts if t != OVERALL}) + [OVERALL]
+    write_json(out / "sparsity.json", {
+        "base": base, "tolerance": tolerance,
+        "models": {m: {t: c.as_dict() for t, c in counts.items()} for m, counts in table.items()},
+    })
+    with open(out / "sparsity.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["model", "layer_type", "elements", "fraction_zero", "fraction_small"])
+        for m in models:
+            for t in types:
+                d = table[m][t].as_dict()
+                w.writerow([m, t, d["elements"], d["fraction_zero"], d["fraction_small"]])
+    head = "| layer type | " + " | ".join(f"{m}: =0 / ≤tol" for m in models) + " |"
+    lines = [head, "|" + "---|" * (len(models) + 1)]
+    for t in types:
+        cells = []
+        for m in models:
+            d = table[m][t].as_dict()
+            cells.append(f"{d['fraction_zero']:.3f} / {d['fraction_small']:.3f}")
+        name = f"**{t}**" if t == OVERALL else t
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    md = (f"Fraction of delta elements against base `{base}` that are exactly zero / "
+          f"at most {tolerance:g} in magnitude.\n\n" + "\n".join(lines) + "\n")
+    (out / "sparsity.md").write_text(md)
+    _plot(table, types, base, tolerance, out / "sparsity.png")
+    return md
+
+
+def _plot(table, types, base, tolerance, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = list(table)
+    x = np.arange(len(types))
+    width = 0.8 / len(models)
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.9 * len(types) + 3), 7), sharex=True)
+    for ax, key, title in (
+        (axes[0], "fraction_zero", "delta exactly zero (unchanged in the stored dtype)"),
+        (axes[1], "fraction_small", f"|delta| ≤ {tolerance:g}"),
+    ):
+        for i, m in enumerate(models):
+            values = [table[m][t].as_dict()[key] for t in types]
+            ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=m)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("fraction of elements")
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[1].set_xticks(x, types, rotation=35, ha="right")
+    axes[0].legend(fontsize=8, ncol=min(4, len(models)))
+    fig.suptitle(f"Delta sparsity against {Path(base).name}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

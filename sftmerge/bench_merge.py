@@ -1,0 +1,145 @@
+"""`sftmerge bench merge`: param_select (with and without resampling) against mergekit `linear`.
+
+A synthetic ~1.1B-parameter bf16 Llama family (base + 3 sub-models) is generated once
+and cached. Each merge runs in its own process (so peak RSS is that merge's alone);
+the methods are interleaved round by round, rotating which goes first, and medians
+are reported, with the ratios against `linear` printed last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict, List
+
+import click
+import yaml
+
+
+METHODS = {
+    "linear": {"merge_method": "linear", "parameters": {"normalize": True}},
+    "param_select": {"merge_method": "param_select", "parameters": {"seed": 42, "resample": False}},
+    "param_select+resample": {"merge_method": "param_select", "parameters": {"seed": 42, "resample": True}},
+}
+
+
+def ensure_family(cache: Path, spec) -> Path:
+    """Generate the family unless the cache already holds exactly this spec."""
+    from sftmerge.synthetic import write_family
+
+    folder = cache / "family-1b"
+    marker = folder / "family.json"
+    if marker.exists() and json.loads(marker.read_text()) == asdict(spec):
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp = cache / "family-1b.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    click.echo(f"generating the benchmark family once into {folder} (4 x ~2.2 GB)...")
+    write_family(tmp, spec, progress=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def write_recipes(family: Path, folder: Path) -> Dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, method in METHODS.items():
+        recipe = {
+            "merge_method": method["merge_method"],
+            "models": [{"model": str(family / f"order-{k}"), "parameters": {"weight": 1.0}} for k in range(3)],
+            "parameters": method["parameters"],
+        }
+        if method["merge_method"] == "param_select":
+            recipe["base_model"] = str(family / "base")
+        paths[name] = folder / f"{name.replace('+', '-')}.yml"
+        paths[name].write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return paths
+
+
+def run_once(recipe: Path, scratch: Path) -> Dict[str, float]:
+    """One merge in a fresh process; returns its wall time and peak RSS."""
+    out = Path(tempfile.mkdtemp(prefix="merge-", dir=scratch))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "sftmerge.bench_merge", str(recipe), str(out)],
+            capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0:
+            raise click.ClickException(f"benchmark merge of {recipe.name} failed: {proc.stderr.strip()[-500:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def run_benchmark(cache: Path, runs: int) -> Dict[str, List[Dict[str, float]]]:
+    from tqdm import tqdm
+
+    from sftmerge.synthetic import BENCH_1B, FamilySpec
+
+    spec = FamilySpec(k=3, seed=0, dtype="bfloat16", **BENCH_1B)
+    family = ensure_family(cache, spec)
+    recipes = write_recipes(family, cache / "recipes")
+    names = list(METHODS)
+    results: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}
+    with tqdm(total=runs * len(names), desc="merges") as bar:
+        for r in range(runs):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                results[name].append(run_once(recipes[name], cache))
+                bar.update()
+    return results
+
+
+def summarize(results: Dict[str, List[Dict[str, float]]]) -> str:
+    med = {
+        n: (statistics.median(x["seconds"] for x in rows), statistics.median(x["peak_rss_gib"] for x in rows))
+        for n, rows in results.items()
+    }
+    lines = [f"{'method':<24}{'median wall s':>14}{'median peak RSS GiB':>22}{'runs':>6}"]
+    for n, (wall, rss) in med.items():
+        lines.append(f"{n:<24}{wall:>14.1f}{rss:>22.2f}{len(results[n]):>6}")
+    lw, lr = med["linear"]
+    ratios = [f"{n} wall {w / lw:.3f}x rss {r / lr:.3f}x" for n, (w, r) in med.items() if n != "linear"]
+    lines.append("ratios vs linear (target <= 1.15x wall, <= 1.2x RSS): " + "; ".join(ratios))
+    return "\n".join(lines)
+
+
+@click.command("merge")
+@click.option("--runs", default=3, show_default=True, help="Rounds; each round runs every method once.")
+@click.option("--cache", default=".bench-cache", show_default=True, type=click.Path(file_okay=False),
+              help="Where the synthetic family is generated once and kept.")
+def bench_merge(runs: int, cache: str) -> None:
+    """Merge a synthetic ~1.1B bf16 family (K=3 + base) with linear, param_select, param_select+resample."""
+    cache_path = Path(cache).resolve()
+    cache_path.mkdir(parents=True, exist_ok=True)
+    results = run_benchmark(cache_path, runs)
+    (cache_path / "bench-merge.json").write_text(json.dumps(results, indent=2))
+    click.echo(f"machine: {os.cpu_count()} CPUs, torch threads default; raw runs in {cache_path / 'bench-merge.json'}")
+    click.echo(summarize(results))
+
+
+def _worker(recipe: str, out: str) -> None:
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    import sftmerge.plugins.param_select  # noqa: F401  (registers the method)
+
+    config = MergeConfiguration.model_validate(yaml.safe_load(Path(recipe).read_text()))
+    start = time.perf_counter()
+    run_merge(config, out, options=MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False))
+    seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_rss_gib": peak_kib / 1024**2}))
+
+
+if __name__ == "__main__":
+    _worker(*sys.argv[1:3])

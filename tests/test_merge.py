@@ -1,0 +1,199 @@
+"""Real merges of tiny bf16 Llama families through mergekit: stock CLI, Python API, sftmerge merge."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from conftest import tool
+from sftmerge.cli import main
+
+
+def load_weights(folder: Path) -> dict:
+    tensors = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    return tensors
+
+
+def write_recipe(path: Path, family: Path, method="param_select", base=True, models=None, **params) -> Path:
+    models = models if models is not None else [family / f"order-{k}" for k in range(3)]
+    recipe = {
+        "merge_method": method,
+        "models": [{"model": str(m), "parameters": {"weight": 1.0}} for m in models],
+        "parameters": {"seed": 42, **params},
+    }
+    if base:
+        recipe["base_model"] = str(family / "base")
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def sftmerge_merge(*args):
+    return CliRunner().invoke(main, ["merge", *map(str, args), "--quiet"], catch_exceptions=False)
+
+
+def test_stock_mergekit_yaml_sees_param_select(family, tmp_path, clean_env):
+    recipe = write_recipe(tmp_path / "select.yml", family)
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [tool("mergekit-yaml"), str(recipe), str(out), "--quiet"],
+        capture_output=True, text=True, env=clean_env,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    merged = load_weights(out)
+    inputs = [load_weights(family / f"order-{k}") for k in range(3)]
+    assert set(merged) == set(inputs[0])
+    for name, value in merged.items():
+        assert value.dtype == torch.bfloat16
+        from_any = torch.zeros_like(value, dtype=torch.bool)
+        for model in inputs:
+            from_any |= value == model[name]
+        assert from_any.all(), f"{name}: some element is not any input's value"
+
+
+def test_python_run_merge_sees_param_select(family, tmp_path, clean_env):
+    """A fresh interpreter that only imports mergekit finds the method (start-up hook)."""
+    recipe = write_recipe(tmp_path / "select.yml", family)
+    code = (
+        "import sys, yaml\n"
+        "from mergekit.config import MergeConfiguration\n"
+        "from mergekit.merge import run_merge\n"
+        "from mergekit.options import MergeOptions\n"
+        f"cfg = MergeConfiguration.model_validate(yaml.safe_load(open({str(recipe)!r})))\n"
+        f"run_merge(cfg, {str(tmp_path / 'py')!r}, options=MergeOptions(quiet=True))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "py" / "config.json").exists()
+
+
+def test_startup_hook_does_not_import_torch(clean_env):
+    code = "import sys; print('torch' in sys.modules, 'sftmerge._autoload' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env)
+    assert run.stdout.split() == ["False", "True"]
+
+
+def test_sftmerge_merge_writes_report(family, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yml", family, resample=True)
+    result = sftmerge_merge(recipe, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "merge_report.json").read_text())
+    assert report["seed"] == 42 and report["resample"] is True
+    fractions = report["fraction_from_model"]
+    assert set(fractions) == {str(family / f"order-{k}") for k in range(3)}
+    assert sum(fractions.values()) == pytest.approx(1.0)
+    assert all(0.25 < f < 0.42 for f in fractions.values())
+    before = report["fraction_equal_base_before_resample"]
+    after = report["fraction_equal_base_after_resample"]
+    # After resampling, only elements no model changed stay at the base value.
+    base = load_weights(family / "base")
+    models = [load_weights(family / f"order-{k}") for k in range(3)]
+    untouched = sum(int(torch.stack([m[n] == base[n] for m in models]).all(0).sum()) for n in base)
+    assert after == pytest.approx(untouched / report["elements"])
+    assert before > after
+    assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def _merged_bytes(folder: Path) -> dict:
+    return {n: t.view(torch.int16).clone() for n, t in load_weights(folder).items()}
+
+
+def test_seed_reproduces_across_threads_and_runs_and_differs_otherwise(family, tmp_path, clean_env):
+    recipe = write_recipe(tmp_path / "r.yml", family, resample=True)
+    other = write_recipe(tmp_path / "o.yml", family, resample=True)
+    other.write_text(other.read_text().replace("seed: 42", "seed: 7"))
+    # Thread counts can be set once per process: one process per run.
+    for out, extra in (("a", ["-j", "1"]), ("b", ["-j", "2"])):
+        run = subprocess.run(
+            [tool("sftmerge"), "merge", str(recipe), str(tmp_path / out), "--quiet", *extra],
+            capture_output=True, text=True, env=clean_env,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert sftmerge_merge(recipe, tmp_path / "c", "--out-shard-size", "100K").exit_code == 0
+    assert sftmerge_merge(other, tmp_path / "d").exit_code == 0
+    a, b, c, d = (_merged_bytes(tmp_path / x) for x in "abcd")
+    assert len(list((tmp_path / "c").glob("*.safetensors"))) > 1  # really a different shard layout
+    for name in a:
+        assert torch.equal(a[name], b[name]) and torch.equal(a[name], c[name]), name
+    assert any(not torch.equal(a[n], d[n]) for n in a)
+
+
+def _error_of(result) -> str:
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda r: r.update(merge_method="param_selekt"), "unknown merge method 'param_selekt'"),
+        (lambda r: r["parameters"].update(resmaple=True), "did you mean 'resample'"),
+        (lambda r: r["models"][0]["parameters"].update(wieght=1), "did you mean 'weight'"),
+        (lambda r: r.update(base_modle="x"), "unknown key(s) base_modle"),
+        (lambda r: r["models"][1]["parameters"].update(weight=-1), "weight must be >= 0"),
+        (lambda r: [m["parameters"].update(weight=0) for m in r["models"]], "all 0"),
+        (lambda r: (r.pop("base_model"), r["parameters"].update(resample=True)), "needs a base_model"),
+        (lambda r: r.update(models=r["models"][:1]), "at least 2 non-base models"),
+        (lambda r: r["models"][2].update(model="/nonexistent/order-9"), "model not found: /nonexistent/order-9"),
+        (lambda r: r["parameters"].update(seed="abc"), "seed must be an integer"),
+    ],
+)
+def test_bad_recipes_fail_with_one_line_and_no_output(family, tmp_path, edit, expected):
+    recipe = yaml.safe_load(write_recipe(tmp_path / "r.yml", family).read_text())
+    edit(recipe)
+    path = tmp_path / "bad.yml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = sftmerge_merge(path, tmp_path / "out")
+    assert expected in _error_of(result)
+    assert not (tmp_path / "out").exists()
+
+
+def test_mismatched_shapes_and_architectures(family, other_family, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yml", family, models=[family / "order-0", other_family / "order-0"])
+    assert "tensor shape mismatch" in _error_of(sftmerge_merge(recipe, tmp_path / "out"))
+    mistral = tmp_path / "mistral"
+    subprocess.run(["cp", "-r", str(family / "order-1"), str(mistral)], check=True)
+    cfg = json.loads((mistral / "config.json").read_text())
+    cfg["architectures"] = ["MistralForCausalLM"]
+    (mistral / "config.json").write_text(json.dumps(cfg))
+    recipe = write_recipe(tmp_path / "r2.yml", family, models=[family / "order-0", mistral])
+    assert "architecture mismatch" in _error_of(sftmerge_merge(recipe, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_and_missing_recipes(tmp_path):
+    broken = tmp_path / "broken.yml"
+    broken.write_text("merge_method: param_select\nmodels: [a, b\n")
+    assert "not valid YAML" in _error_of(sftmerge_merge(broken, tmp_path / "out"))
+    assert "cannot read recipe" in _error_of(sftmerge_merge(tmp_path / "nope.yml", tmp_path / "out"))
+
+
+def test_failure_during_merge_leaves_no_output(family, tmp_path):
+    damaged = tmp_path / "damaged"
+    subprocess.run(["cp", "-r", str(family / "order-2"), str(damaged)], check=True)
+    weights = damaged / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # header intact, tensors truncated
+    recipe = write_recipe(tmp_path / "r.yml", family, models=[family / "order-0", damaged])
+    result = sftmerge_merge(recipe, tmp_path / "out")
+    assert result.exit_code != 0
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_existing_output_needs_overwrite(family, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yml", family)
+    assert sftmerge_merge(recipe, tmp_path / "out").exit_code == 0
+    assert "already exists" in _error_of(sftmerge_merge(recipe, tmp_path / "out"))
+    assert sftmerge_merge(recipe, tmp_path / "out", "--overwrite").exit_code == 0
