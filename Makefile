@@ -7,7 +7,7 @@ EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sftmerge-installed
 
-.PHONY: setup test quickstart bench-merge clean
+.PHONY: setup test quickstart bench-merge clean eval
 
 setup: $(STAMP)
 
@@ -36,3 +36,15 @@ bench-merge: setup
 
 clean:
 	rm -rf runs/quickstart .pytest_cache
+
+# Evaluate every model of a training run (RUN/order-*/, RUN/merged/*/) on TASKS.
+# Optional: LIMIT (first N examples per task), DATA_DIR (local data instead of the Hub),
+# EVAL_FLAGS (e.g. --allow-code-execution --judge models/smollm2-135m-instruct --backend hf).
+RUN ?= runs/sft
+TASKS ?= arith,gsm8k
+LIMIT ?=
+OUT ?= results/$(notdir $(RUN))
+DATA_DIR ?=
+EVAL_FLAGS ?=
+eval: setup
+	$(BIN)/sftmerge eval --run $(RUN) --tasks $(TASKS) --out $(OUT) $(if $(LIMIT),--limit $(LIMIT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(EVAL_FLAGS)

@@ -8,8 +8,10 @@ from sftmerge.errors import SftmergeError
 
 
 @click.command("eval")
-@click.option("--models", "models", required=True, multiple=True,
+@click.option("--models", "models", multiple=True,
               help="Model folders (repeat the option or give several after it).")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="A training run: evaluate RUN/order-*/ and RUN/merged/*/ (besides any --models).")
 @click.argument("more_models", nargs=-1, type=click.Path())
 @click.option("--tasks", default="arith", show_default=True,
               help="Comma-separated: gsm8k, humaneval, mbpp, alpaca, arith.")
@@ -32,22 +34,25 @@ from sftmerge.errors import SftmergeError
 @click.option("--code-workers", default=4, show_default=True, help="Programs run in parallel.")
 @click.option("--judge", type=click.Path(file_okay=False), default=None,
               help="Local judge model folder for the alpaca win rate (without it: outputs and lengths only).")
-def eval_command(models, more_models, tasks, backend, limit, data_dir, out, batch_size, max_new_tokens, seed,
+def eval_command(models, more_models, run_dir, tasks, backend, limit, data_dir, out, batch_size, max_new_tokens, seed,
                  arith_seed, allow_code_execution, code_samples, code_temperature, code_timeout, code_workers,
                  judge) -> None:
     """Evaluate model folders; writes OUT/<model>/<task>.json (+ samples) and OUT/summary.{md,png,json}.
 
-    Example: sftmerge eval --models runs/r1/order-0 runs/r1/merged/select --tasks arith,gsm8k --limit 50
+    Examples: sftmerge eval --models runs/r1/order-0 runs/r1/merged/select --tasks arith,gsm8k --limit 50;
+    sftmerge eval --run runs/r1 --tasks arith (every sub-model and merge of the run).
     """
     import time
     from pathlib import Path
 
     from sftmerge.eval.backends import resolve_backend
-    from sftmerge.eval.runner import check_inputs, evaluate_models
+    from sftmerge.eval.runner import check_inputs, evaluate_models, run_models
     from sftmerge.eval.tasks import EvalSettings, parse_tasks
 
     t0 = time.time()
-    all_models = [*models, *more_models]
+    all_models = [*models, *more_models, *(run_models(run_dir) if run_dir else [])]
+    if not all_models:
+        raise SftmergeError("no models: give --models DIR [DIR ...] or --run RUN")
     task_list = parse_tasks(tasks)
     settings = EvalSettings(
         limit=limit, data_dir=Path(data_dir) if data_dir else None, seed=seed, batch_size=batch_size,

@@ -55,11 +55,18 @@ def task_yaml(task: str, data_dir: Optional[Path], generation: Optional[Dict] = 
                    dataset_kwargs={"data_files": local_data_files(task, data_dir)})
         if task == "mbpp":
             # One local file holds every task_id; keep the standard test split (11-510).
-            cfg["process_docs"] = f"!function {LM_TASKS_DIR / 'utils.py'}.mbpp_test_split"
+            cfg["process_docs"] = "!function sftmerge.eval.lm_eval_tasks.mbpp_test_split"
     if generation is not None:
         cfg["generation_kwargs"] = generation
         cfg["repeats"] = repeats
     return cfg
+
+
+def mbpp_test_split(dataset):
+    """MBPP's standard test split, when the data is one local mbpp.jsonl holding all tasks."""
+    from sftmerge.data import MBPP_SPLITS
+
+    return dataset.filter(lambda doc: int(doc["task_id"]) in MBPP_SPLITS["test"])
 
 
 def write_task_yaml(folder: Path, cfg: Dict) -> None:

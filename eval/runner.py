@@ -20,6 +20,18 @@ from sftmerge.eval.tasks import EvalSettings, TaskResult, runner
 from sftmerge.fsutil import write_json, write_jsonl
 
 
+def run_models(run_dir: str) -> List[str]:
+    """The models of a training run: RUN/order-*/ (sub-models), then RUN/merged/*/ (merges)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise SftmergeError(f"run folder {run_dir} not found")
+    found = [p for p in sorted(run.glob("order-*"), key=lambda p: (len(p.name), p.name)) if (p / "config.json").is_file()]
+    found += [p for p in sorted(run.glob("merged/*")) if (p / "config.json").is_file()]
+    if not found:
+        raise SftmergeError(f"run folder {run_dir} has no models (order-*/ or merged/*/ with a config.json)")
+    return [str(p) for p in found]
+
+
 def check_inputs(models: Sequence[str], tasks: Sequence[str], settings: EvalSettings) -> None:
     """Every problem a user can fix, as one line, before anything slow starts."""
     names: Dict[str, str] = {}

@@ -1,12 +1,5 @@
 """Helpers referenced by the task YAMLs in this folder (loaded by lm-eval, by file path)."""
 
-from sftmerge.data import MBPP_SPLITS
-
-
-def mbpp_test_split(dataset):
-    """MBPP's standard test split, when the data is one local mbpp.jsonl holding all tasks."""
-    return dataset.filter(lambda doc: int(doc["task_id"]) in MBPP_SPLITS["test"])
-
 
 def list_fewshot_samples():
     """The three MBPP prompt-split examples lm-eval's `mbpp` task shows (task_ids 2, 3, 4)."""
