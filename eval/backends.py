@@ -83,7 +83,8 @@ def load_model(model_dir: str, backend: str, batch_size: int, seed: int, max_len
         if backend == "vllm":
             from lm_eval.models.vllm_causallms import VLLM
 
-            lm = VLLM(pretrained=model_dir, dtype="auto", batch_size=batch_size, seed=seed,
+            # vLLM schedules its own batches: hand it every request at once.
+            lm = VLLM(pretrained=model_dir, dtype="auto", batch_size="auto", seed=seed,
                       max_length=max_length, gpu_memory_utilization=0.8)
             settings["dtype"] = "auto"
         else:
