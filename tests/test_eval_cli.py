@@ -146,3 +146,17 @@ def test_make_eval_command_line():
     line = [x for x in out.splitlines() if "sftmerge eval" in x][0]
     assert line.endswith("sftmerge eval --run runs/r1 --tasks arith,mbpp --out results/r1 --limit 20 "
                          "--data-dir ../shared/data --allow-code-execution")
+
+
+def test_pass_at_k_with_sampled_completions(tiny_chat_model, tmp_path):
+    out = tmp_path / "out"
+    result = _eval("--models", tiny_chat_model, "--tasks", "humaneval", "--limit", 1, "--max-new-tokens", 4,
+                   "--backend", "hf", "--data-dir", SHARED_DATA, "--allow-code-execution", "--code-samples", 5,
+                   "--code-timeout", 3, "--out", out)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / tiny_chat_model.name / "humaneval.json").read_text())
+    assert set(doc["metrics"]) == {"pass@1", "pass@5"}
+    assert doc["settings"]["decoding"] == "sampling" and doc["settings"]["samples_per_problem"] == 5
+    assert doc["settings"]["generation_kwargs"]["do_sample"] is True
+    row = json.loads((out / tiny_chat_model.name / "humaneval.samples.jsonl").read_text())
+    assert len(row["completions"]) == len(row["passed"]) == 5 and row["id"] == "humaneval-HumanEval/0"
