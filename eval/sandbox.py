@@ -107,7 +107,7 @@ def run_program(source: str, limits: Limits = Limits(), namespaces: Optional[boo
                 status = None
             except subprocess.TimeoutExpired:
                 status = "timeout"
-            _kill_group(proc)
+                _kill_group(proc)  # only while unreaped: its group id cannot have been reused yet
             verdict = _read_all(read_fd)
             err.seek(0)
             detail = err.read(limits.output_bytes).decode(errors="replace").strip()
