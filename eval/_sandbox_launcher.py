@@ -21,7 +21,7 @@ WORK = os.path.realpath(os.getcwd())
 # --- 1. namespaces (only when the parent started us inside fresh ones) -------------------
 
 def _read_only_filesystem_except_work():
-    """Whole mount tree read-only, the working folder (bound onto itself) writable.
+    """Whole mount tree read-only, the working folder (a fresh tmpfs) writable.
 
     mount_setattr(2) flips only the read-only bit, recursively, so the other
     (possibly locked) mount flags need not be known.
@@ -33,15 +33,16 @@ def _read_only_filesystem_except_work():
                     ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
     libc = ctypes.CDLL(None, use_errno=True)
-    sys_mount_setattr, at_fdcwd, at_recursive, rdonly, ms_bind = 442, -100, 0x8000, 1, 4096
-    if libc.mount(WORK.encode(), WORK.encode(), None, ms_bind, None) != 0:
-        raise OSError(ctypes.get_errno(), "bind mount of the working folder")
+    sys_mount_setattr, at_fdcwd, at_recursive, rdonly = 442, -100, 0x8000, 1
+    # A size-capped tmpfs over the working folder: a disk quota, gone with the namespace.
+    if libc.mount(b"tmpfs", WORK.encode(), b"tmpfs", 0, f"size={LIMITS['folder_bytes']},mode=700".encode()) != 0:
+        raise OSError(ctypes.get_errno(), "tmpfs on the working folder")
     for path, set_, clr, flags in (("/", rdonly, 0, at_recursive), (WORK, 0, rdonly, 0)):
         attr = _MountAttr(set_, clr, 0, 0)
         if libc.syscall(sys_mount_setattr, at_fdcwd, path.encode(), flags,
                         ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
             raise OSError(ctypes.get_errno(), f"mount_setattr {path}")
-    os.chdir(WORK)  # the old cwd still points into the mount underneath the bind
+    os.chdir(WORK)  # the old cwd still points into the folder underneath the new mount
 
 
 if LIMITS["mount_namespace"]:

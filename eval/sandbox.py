@@ -11,7 +11,8 @@ Each program runs in its own process (eval/_sandbox_launcher.py) with:
   writes, renames or deletes outside the working folder;
 - where `unshare` can create user namespaces: fresh network (no interfaces but an
   unconfigured loopback), PID (the evaluator is invisible and cannot be signalled)
-  and mount namespaces, with the whole filesystem read-only except the working folder.
+  and mount namespaces, with the whole filesystem read-only and the working folder a
+  fresh size-capped tmpfs.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Limits:
     timeout_s: float = 10.0
     memory_bytes: int = 1 << 30
     file_bytes: int = 16 << 20
+    folder_bytes: int = 64 << 20  # all files together (with namespaces: a tmpfs of this size)
     output_bytes: int = 4096  # of stderr kept for the samples file
 
 
@@ -87,7 +89,7 @@ def run_program(source: str, limits: Limits = Limits(), namespaces: Optional[boo
     read_fd, write_fd = os.pipe()
     nonce = secrets.token_hex(16)
     spec = {"verdict_fd": write_fd, "memory_bytes": limits.memory_bytes, "file_bytes": limits.file_bytes,
-            "cpu_seconds": int(limits.timeout_s) + 1, "mount_namespace": use_ns}
+            "folder_bytes": limits.folder_bytes, "cpu_seconds": int(limits.timeout_s) + 1, "mount_namespace": use_ns}
     cmd = [*(UNSHARE if use_ns else []), sys.executable, "-I", "-S", "-B", str(LAUNCHER), json.dumps(spec)]
     try:
         with tempfile.TemporaryFile() as err:

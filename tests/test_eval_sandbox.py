@@ -137,3 +137,10 @@ def test_mbpp_reference_solutions_pass():
     assert len(docs) == 500
     # Task 123 (amicable numbers below 9999) needs more than 5 s; all others pass.
     assert set(failed) <= {123}
+
+
+@pytest.mark.skipif(not namespaces_available(), reason="needs user namespaces (unshare)")
+def test_filling_the_disk_is_capped():
+    src = "chunk = b'x' * (1 << 20)\nfor i in range(200):\n    open(f'f{i}', 'wb').write(chunk)\n"
+    out = run_program(src, FAST)
+    assert not out.passed and "No space left" in out.detail
