@@ -93,6 +93,7 @@ def write_result(out: Path, model, task: str, result: TaskResult, settings: Eval
         write_json(folder / name, data)
     doc = result_document(model, task, result, settings, seconds)
     write_json(folder / f"{task}.json", doc)
+    (folder / f"{task}.error.txt").unlink(missing_ok=True)  # from an earlier failed attempt
     return doc
 
 
@@ -131,9 +132,12 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalS
                 failures.append(f"{model.name}/{task}: {e}")
                 echo(f"error: {model.name}/{task}: {e}")
             except Exception as e:  # one task's crash must not lose the other results
-                failures.append(f"{model.name}/{task}: {type(e).__name__}: {e}")
-                echo(f"error: {model.name}/{task}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-                traceback.print_exc()
+                first = str(e).splitlines()[0][:300] if str(e) else ""
+                log = out / model.name / f"{task}.error.txt"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                log.write_text(traceback.format_exc(), encoding="utf-8")
+                failures.append(f"{model.name}/{task}: {type(e).__name__}: {first}")
+                echo(f"error: {model.name}/{task}: {type(e).__name__}: {first} (traceback in {log})")
             bar.update(1)
         del model
         gc.collect()
