@@ -78,33 +78,38 @@ def select_elements(
     flat = [t.reshape(-1) for t in tensors]
     u = uniforms.to(device=flat[0].device)
 
-    # Model k owns [edges[k], edges[k + 1]); zero-weight models own empty intervals
-    # and are never an interval start, so they are never picked.
+    # Model k owns [edges[k], edges[k + 1]); zero-weight models own empty intervals and
+    # are never an interval start, so never picked. Intervals are nested by start, so
+    # assigning model k wherever u >= edges[k], in order, leaves each element with the
+    # model whose interval holds u. `at_least[k]` counts u >= edges[k] for the report.
     edges = _interval_edges(weights)
     positive = [k for k, w in enumerate(weights) if w > 0]
-    pick = torch.full(u.shape, positive[0], dtype=torch.uint8, device=u.device)
+    out = None
+    at_least = {positive[0]: u.numel()}
     for k in positive[1:]:
-        pick.masked_fill_(u >= edges[k], k)
-
-    out = flat[positive[0]].clone()
-    for k in positive[1:]:
-        torch.where(pick == k, flat[k], out, out=out)
+        take = u >= edges[k]
+        at_least[k] = int(take.sum())
+        if out is None:
+            out = torch.where(take, flat[k], flat[positive[0]])
+        else:
+            torch.where(take, flat[k], out, out=out)
+        del take
+    if out is None:
+        out = flat[positive[0]].clone()
+    counts = [0] * len(flat)
+    for i, k in enumerate(positive):
+        counts[k] = at_least[k] - (at_least[positive[i + 1]] if i + 1 < len(positive) else 0)
 
     equal_before = equal_after = None
     if base is not None:
         b = base.reshape(-1)
-        at_base = out == b
-        equal_before = int(at_base.sum())
+        idx = (out == b).nonzero().squeeze(1)
+        equal_before = equal_after = idx.numel()
         if resample and equal_before:
-            idx = at_base.nonzero().squeeze(1)
-            del at_base
             for chunk in idx.split(RESAMPLE_CHUNK):
-                _resample(flat, b, weights, edges, u, pick, out, chunk)
+                _resample(flat, b, weights, edges, u, out, chunk, counts)
             equal_after = int((out == b).sum())
-        else:
-            equal_after = equal_before
 
-    counts = torch.bincount(pick.to(torch.int64), minlength=len(flat)).tolist()
     ids = [str(i) for i in (model_ids or range(len(flat)))]
     SELECTION_STATS.record(
         tensor_name,
@@ -125,10 +130,19 @@ def _interval_edges(weights: Sequence[float]) -> list:
     return edges
 
 
-def _resample(flat, base, weights, edges, u, pick, out, idx) -> None:
+def _first_pick(u: torch.Tensor, weights: Sequence[float], edges: Sequence[float]) -> torch.Tensor:
+    """The first draw's model index for a few uniforms (same rule as the full-tensor pass)."""
+    pick = torch.full(u.shape, next(k for k, w in enumerate(weights) if w > 0), dtype=torch.int64, device=u.device)
+    for k, w in enumerate(weights):
+        if w > 0:
+            pick.masked_fill_(u >= edges[k], k)
+    return pick
+
+
+def _resample(flat, base, weights, edges, u, out, idx, counts) -> None:
     """Redraw the base-equal elements `idx` among the positive-weight models that changed them.
 
-    Updates `pick` and `out` in place; elements no such model changed keep the base value.
+    Updates `out` and `counts` in place; elements no such model changed keep the base value.
     """
     device = u.device
     base_sel = base.index_select(0, idx)
@@ -141,10 +155,11 @@ def _resample(flat, base, weights, edges, u, pick, out, idx) -> None:
         return
 
     # The uniform rescaled inside the first pick's interval is again uniform on [0, 1).
-    first = pick.index_select(0, idx).to(torch.int64)
+    u_sel = u.index_select(0, idx)
+    first = _first_pick(u_sel, weights, edges)
     lo = torch.tensor(edges[:-1], dtype=torch.float64, device=device)
     width = torch.tensor(edges[1:], dtype=torch.float64, device=device) - lo
-    u2 = (u.index_select(0, idx).to(torch.float64) - lo[first]) / width[first]
+    u2 = (u_sel.to(torch.float64) - lo[first]) / width[first]
 
     cw = (w * changed).cumsum(dim=0)  # renormalised cumulative weights, [K, M]
     chosen = (cw <= (u2 * cw[-1]).unsqueeze(0)).sum(dim=0)
@@ -153,7 +168,10 @@ def _resample(flat, base, weights, edges, u, pick, out, idx) -> None:
     chosen = torch.minimum(chosen, last)
 
     out.index_copy_(0, idx, cand.gather(0, chosen.unsqueeze(0)).squeeze(0))
-    pick.index_copy_(0, idx, chosen.to(pick.dtype))
+    moved_from = torch.bincount(first, minlength=len(flat)).tolist()
+    moved_to = torch.bincount(chosen, minlength=len(flat)).tolist()
+    for k in range(len(flat)):
+        counts[k] += moved_to[k] - moved_from[k]
 
 
 @merge_method(
