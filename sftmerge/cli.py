@@ -101,5 +101,13 @@ def toy_models(out: str, k: int, seed: int, dtype: str, overwrite: bool) -> None
     click.echo(f"wrote base + {k} sub-models and recipes to {Path(out)}")
 
 
+from sftmerge.card import card_command  # noqa: E402  (cheap: heavy imports are inside the commands)
+from sftmerge.hub import push_command, recipe_group  # noqa: E402
+
+main.add_command(card_command)
+main.add_command(push_command)
+main.add_command(recipe_group)
+
+
 if __name__ == "__main__":
     main()

@@ -242,6 +242,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, options, overwrite: bool 
     """Merge into a temporary folder, write merge_report.json, then rename to `out`."""
     from mergekit.merge import run_merge
 
+    from sftmerge.card import write_card
     from sftmerge.fsutil import atomic_output_dir, write_json
     from sftmerge.plugins.stats import SELECTION_STATS
 
@@ -256,6 +257,8 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, options, overwrite: bool 
             raise SftmergeError(f"merge failed: {type(e).__name__}: {e}") from e
         report = build_report(recipe, time.perf_counter() - start)
         write_json(tmp / REPORT_NAME, report)
+        if options.write_model_card:  # mergekit writes mergekit_config.yml, which the card shows, only then
+            write_card(tmp, name=Path(out).name)
     return report
 
 
