@@ -96,11 +96,11 @@ def license_of(path: str) -> Dict[str, str]:
             keys = ("license", "license_name", "license_link")
             return {k: str(data.get(k)) for k in keys if data.get(k)}
     config = _local_file(path, "config.json")
-    if config is not None:
-        value = json.loads(config.read_text(encoding="utf-8")).get("license")
-        if isinstance(value, str) and value:
-            return {"license": value}
-    return {}
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("license") if config else None
+    except (OSError, ValueError, AttributeError):  # unreadable: no license known
+        value = None
+    return {"license": value} if isinstance(value, str) and value else {}
 
 
 def _local_file(path: str, filename: str) -> Optional[Path]:
@@ -145,7 +145,8 @@ def build_card(folder: str | Path, name: Optional[str] = None, results_dir: Opti
     name = name or merge.path.name
     inputs = ([merge.base] if merge.base else []) + merge.models
     hub_ids = hub_ids or {}
-    on_hub = list(dict.fromkeys(h for h in (hub_id_of(p, hub_ids) for p in inputs) if h))
+    ids = [hub_id_of(p, hub_ids) for p in inputs]
+    on_hub = list(dict.fromkeys(h for h in ids if h))
     rows = read_results(results_dir, merge.path.name) if results_dir is not None else []
     data = ModelCardData(
         base_model=on_hub or None,
@@ -156,7 +157,7 @@ def build_card(folder: str | Path, name: Optional[str] = None, results_dir: Opti
         model_name=name if rows else None,
         eval_results=eval_results(rows) or None,
     )
-    body = _body(merge, name, rows, local_only=len(on_hub) < len(inputs))
+    body = _body(merge, name, rows, local_only=None in ids)
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
     check_card(card, data, merge.recipe_text)
     return card
@@ -164,18 +165,21 @@ def build_card(folder: str | Path, name: Optional[str] = None, results_dir: Opti
 
 def _body(merge: MergeFolder, name: str, rows, local_only: bool) -> str:
     from sftmerge.card_results import results_table
-    from sftmerge.card_text import inputs_table, method_section, yaml_block
+    from sftmerge.card_text import MERGEKIT_URL, base_share_line, inputs_table, method_section, yaml_block
 
     base_text = f" on the base `{merge.base}`" if merge.base else ""
     parts = [
         f"# {name}",
         f"A merge of {len(merge.models)} fine-tuned models{base_text} with `{merge.merge_method}`,"
-        " made with `sftmerge` on top of [mergekit](https://github.com/arcee-ai/mergekit).",
+        f" made with `sftmerge` on top of [mergekit]({MERGEKIT_URL}).",
         "## Method",
         method_section(merge.merge_method, merge.parameters),
         "## Inputs",
         inputs_table(merge.base, merge.models, merge.report),
     ]
+    share = base_share_line(merge.report)
+    if share:
+        parts.append(share)
     if local_only:
         parts.append("Inputs that were local folders, not models on the Hub, are listed here but not in `base_model`.")
     parts += [

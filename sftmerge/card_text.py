@@ -72,6 +72,17 @@ def inputs_table(base: Optional[str], models: List[str], report: dict) -> str:
     return "\n".join(lines)
 
 
+def base_share_line(report: dict) -> Optional[str]:
+    """How many merged elements still equal the base, before and after resampling."""
+    before = report.get("fraction_equal_base_before_resample")
+    after = report.get("fraction_equal_base_after_resample")
+    if before is None or after is None:
+        return None
+    if report.get("resample"):
+        return f"Elements equal to the base: {before:.2%} as first drawn, {after:.2%} after resampling."
+    return f"Elements equal to the base: {after:.2%}."
+
+
 def yaml_block(text: str) -> str:
     """`text` verbatim inside a fenced block whose fence no line of the text can close."""
     longest = max((len(run) for run in re.findall(r"`{3,}", text)), default=2)

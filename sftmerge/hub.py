@@ -64,11 +64,13 @@ def check_finished_merge(folder: Path) -> None:
     if not card.is_file():
         raise SftmergeError(f"{folder} has no model card {CARD_NAME} (write it with `sftmerge card {folder}`)")
     try:
-        tags = ModelCard.load(card).data.tags or []
+        parsed = ModelCard.load(card)
     except ValueError as e:
         raise SftmergeError(f"{card} has invalid front matter: {e}") from None
-    if CARD_TAGS[-1] not in tags:
+    if CARD_TAGS[-1] not in (parsed.data.tags or []):
         raise SftmergeError(f"{card} is not an sftmerge model card (write it with `sftmerge card {folder}`)")
+    if (folder / RECIPE_NAME).read_text(encoding="utf-8").rstrip("\n") not in parsed.text:
+        raise SftmergeError(f"{card} shows another recipe than {RECIPE_NAME} (rewrite it with `sftmerge card {folder}`)")
 
 
 def human_size(n: float) -> str:

@@ -23,6 +23,7 @@ from huggingface_hub import EvalResult, ModelCard
 from huggingface_hub.repocard import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
+from sftmerge.card import license_of
 from sftmerge.cli import main
 from sftmerge.recipes import render
 
@@ -86,6 +87,7 @@ def test_merge_writes_an_sftmerge_card(merged):
     assert f"seed: {SEED}" in recipe and f"Seed: {SEED};" in card.text
     assert "https://arxiv.org/abs/2410.03743" in card.text and "https://arxiv.org/abs/2406.17923" in card.text
     report = json.loads((merged / "merge_report.json").read_text())
+    assert f"Elements equal to the base: {report['fraction_equal_base_after_resample']:.2%}." in card.text
     for model, fraction in report["fraction_from_model"].items():
         assert f"| input | `{model}` | 1.0 | {fraction:.2%} |" in card.text
 
@@ -143,6 +145,26 @@ def test_card_takes_license_and_hub_id_from_a_cached_base(family, tmp_path):
         "other", "toy-license", "https://example.org/license")
 
 
+def test_card_names_every_hub_input_in_base_model(merged_copy):
+    recipe = merged_copy / "mergekit_config.yml"
+    hub_ids = ["HuggingFaceTB/SmolLM2-135M-Instruct", "someone/order-0", "someone/order-1"]
+    recipe.write_text(render("resample", hub_ids[0], hub_ids[1:], seed=3))
+    code, output = _sftmerge("card", merged_copy)
+    assert code == 0, output
+    card = ModelCard.load(merged_copy / "README.md")
+    assert card.data.base_model == hub_ids
+    assert card.data.tags[-1] == "param_select" and "`resample: true`" in card.text
+    assert "listed here but not in `base_model`" not in card.text
+
+
+def test_license_from_config_when_the_card_has_none(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "license": "mit"}))
+    (tmp_path / "README.md").write_text("---\ntags:\n- base\n---\n# no license here\n")
+    assert license_of(str(tmp_path)) == {"license": "mit"}
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert license_of(str(tmp_path)) == {}
+
+
 @pytest.mark.parametrize("content, message", [
     ({"task": "arith", "metrics": {"exact_match": {"stderr": 0.1}}}, "has no numeric 'value'"),
     ({"task": "arith"}, "lacks 'task' or a 'metrics' mapping"),
@@ -191,6 +213,10 @@ def test_push_dry_run_lists_exact_upload_and_card(merged_copy):
 
 
 def test_push_refuses_unfinished_folders(merged_copy):
+    recipe = merged_copy / "mergekit_config.yml"
+    recipe.write_text(recipe.read_text().replace(f"seed: {SEED}", "seed: 8"))
+    code, output = _sftmerge("push", merged_copy, "someone/x", "--dry-run")
+    assert code == 1 and "shows another recipe than mergekit_config.yml" in output
     (merged_copy / "README.md").write_text("---\ntags:\n- mergekit\n---\n# stock mergekit card\n")
     code, output = _sftmerge("push", merged_copy, "someone/x", "--dry-run")
     assert code == 1 and "is not an sftmerge model card" in output
