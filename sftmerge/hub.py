@@ -54,8 +54,11 @@ def check_finished_merge(folder: Path) -> None:
         raise SftmergeError(f"{folder} has no weights (*.safetensors): not a finished merge")
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        missing = sorted({s for s in json.loads(index.read_text())["weight_map"].values()
-                          if not (folder / s).is_file()})
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, AttributeError):
+            raise SftmergeError(f"{index} is not a valid safetensors index") from None
+        missing = sorted(s for s in shards if not (folder / s).is_file())
         if missing:
             raise SftmergeError(f"{folder} lacks weight shard {missing[0]} named in {index.name}")
     if not (folder / RECIPE_NAME).is_file():
@@ -217,7 +220,10 @@ def recipe_group() -> None:
 @click.option("--revision", default=None, help="Branch, tag or commit of the Hub repository.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing recipe of the same name.")
 def pull_command(repo_id: str, out: str, revision: Optional[str], overwrite: bool) -> None:
-    """Fetch the recipe (mergekit_config.yml) of Hub model REPO_ID into OUT/<repo name>.yml."""
+    """Fetch the recipe (mergekit_config.yml) of Hub model REPO_ID into the --out folder.
+
+    It is saved as <repo name>.yml, byte for byte; rerun it with `sftmerge merge`.
+    """
     from huggingface_hub import HfApi, constants, hf_hub_download
 
     from sftmerge.card import RECIPE_NAME, parse_recipe_text

@@ -213,6 +213,11 @@ def test_push_dry_run_lists_exact_upload_and_card(merged_copy):
 
 
 def test_push_refuses_unfinished_folders(merged_copy):
+    index = merged_copy / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}))
+    code, output = _sftmerge("push", merged_copy, "someone/x", "--dry-run")
+    assert code == 1 and "lacks weight shard model-00002-of-00002.safetensors" in output
+    index.unlink()
     recipe = merged_copy / "mergekit_config.yml"
     recipe.write_text(recipe.read_text().replace(f"seed: {SEED}", "seed: 8"))
     code, output = _sftmerge("push", merged_copy, "someone/x", "--dry-run")
@@ -240,7 +245,8 @@ def _closed_port() -> int:
 
 
 def _run(args, tmp_path, **env):
-    base = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and k != "PYTHONPATH"}
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("HF_", "HUGGING_FACE_")) and k != "PYTHONPATH"}
     base["HF_HOME"] = str(tmp_path / "hf-home")  # no saved token, empty download cache
     start = time.monotonic()
     proc = subprocess.run([tool("sftmerge"), *map(str, args)], env={**base, **env}, capture_output=True,
