@@ -48,7 +48,7 @@ def _merge(tmp: Path, base: Path, models, name: str = "select-merge") -> Path:
 
 @pytest.fixture(scope="module")
 def merged(family, tmp_path_factory):
-    """A real param_select merge of the session's toy family, made by `sftmerge merge`."""
+    """A real param_select merge of the shared toy family, made by `sftmerge merge`."""
     tmp = tmp_path_factory.mktemp("merged")
     return _merge(tmp, family / "base", [family / f"order-{i}" for i in range(3)])
 
