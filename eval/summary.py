@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from sftmerge.eval.tasks import LOWER_IS_BETTER, TASKS
-from sftmerge.fsutil import write_json
+from sftmerge.fsutil import write_json, write_text
 
 
 def collect(out: Path) -> List[Dict]:
@@ -123,8 +123,6 @@ def write_summary(out: Path) -> Dict:
     rows = collect(out)
     t = table(rows)
     write_json(out / "summary.json", t)
-    tmp = out / ".summary.md.tmp"
-    tmp.write_text(markdown(t, rows), encoding="utf-8")
-    tmp.replace(out / "summary.md")
+    write_text(out / "summary.md", markdown(t, rows))
     chart(t, out / "summary.png")
     return t

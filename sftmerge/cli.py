@@ -57,6 +57,9 @@ class _Group(click.Group):
 LAZY = {
     "merge": ("sftmerge.merge_cli:merge", "Validate a mergekit recipe strictly, then merge it (writes merge_report.json)."),
     "analyze": ("sftmerge.eval.analyze:analyze", "Diagnostics: delta sparsity, training imbalance."),
+    "card": ("sftmerge.card:card_command", "(Re)write the Hugging Face model card of a merged model folder."),
+    "push": ("sftmerge.hub:push_command", "Upload a finished merge to the Hugging Face Hub (--dry-run lists it)."),
+    "recipe": ("sftmerge.hub:recipe_group", "Recipes on the Hub: pull a shared merge's recipe into recipes/."),
 }
 
 
@@ -94,6 +97,7 @@ def toy_models(out: str, k: int, seed: int, dtype: str, overwrite: bool) -> None
             base=f"{out}/base",
             models=[f"{out}/order-{i}" for i in range(k)],
             made_by=f"Made by `sftmerge toy-models {out} --k {k} --seed {seed}`.",
+            shown_as=f"{out}/recipes",
         )
     click.echo(f"wrote base + {k} sub-models and recipes to {Path(out)}")
 

@@ -50,13 +50,16 @@ def write_json(path: str | os.PathLike, data) -> None:
     os.replace(tmp, path)
 
 
-def write_jsonl(path: str | os.PathLike, rows) -> None:
-    """Write one JSON object per line atomically (temp file in the same folder, then rename)."""
-    import json
-
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_jsonl(path: str | os.PathLike, rows) -> None:
+    """Write one JSON object per line atomically."""
+    import json
+
+    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

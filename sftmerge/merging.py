@@ -22,6 +22,7 @@ from sftmerge import checkpoint
 from sftmerge.errors import SftmergeError
 
 REPORT_NAME = "merge_report.json"
+RECIPE_NAME = "mergekit_config.yml"  # the name mergekit gives the recipe in its outputs
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -233,20 +234,27 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, options, overwrite: bool 
     """Merge into a temporary folder, write merge_report.json, then rename to `out`."""
     from mergekit.merge import run_merge
 
-    from sftmerge.fsutil import atomic_output_dir, write_json
+    from sftmerge.card import write_card
+    from sftmerge.fsutil import atomic_output_dir, write_json, write_text
     from sftmerge.plugins.stats import SELECTION_STATS
 
     SELECTION_STATS.clear()
     start = time.perf_counter()
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        # mergekit's own card is replaced by sftmerge's, and its Hub look-ups of local
+        # paths fail offline: write the recipe (exactly as given) and the card here.
+        quiet_card = options.model_copy(update={"write_model_card": False})
         try:
-            run_merge(recipe.config, str(tmp), options=options, config_source=recipe.source)
+            run_merge(recipe.config, str(tmp), options=quiet_card, config_source=recipe.source)
         except SftmergeError:
             raise
         except Exception as e:  # mergekit's own failures, shown as one line
             raise SftmergeError(f"merge failed: {type(e).__name__}: {e}") from e
         report = build_report(recipe, time.perf_counter() - start)
         write_json(tmp / REPORT_NAME, report)
+        write_text(tmp / RECIPE_NAME, recipe.source)
+        if options.write_model_card:
+            write_card(tmp, name=Path(out).name)
     return report
 
 

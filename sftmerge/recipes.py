@@ -83,13 +83,17 @@ def render(method: str, base: str, models: Sequence[str], seed: int = DEFAULT_SE
 
 
 def write_recipe_set(folder: Path, base: str, models: Sequence[str], seed: int = DEFAULT_SEED,
-                     methods: Sequence[str] = METHODS, made_by: str = "") -> Dict[str, Path]:
+                     methods: Sequence[str] = METHODS, made_by: str = "",
+                     shown_as: str | None = None) -> Dict[str, Path]:
+    """Write one recipe per method into `folder`; `shown_as` is the folder's final path
+    for the "Run:" line when `folder` is a temporary location."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     for method in methods:
         path = folder / f"{method}.yml"
-        path.write_text(render(method, base, models, seed, made_by, str(path)), encoding="utf-8")
+        shown = f"{shown_as}/{path.name}" if shown_as else str(path)
+        path.write_text(render(method, base, models, seed, made_by, shown), encoding="utf-8")
         written[method] = path
     return written
 

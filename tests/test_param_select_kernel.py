@@ -126,3 +126,27 @@ def test_bad_weights_are_rejected(weights, message):
 def test_resample_without_base_is_rejected():
     with pytest.raises(ValueError, match="base"):
         select_elements(_models(), [1, 1, 1], element_uniforms(0, "w", 60_000), resample=True)
+
+
+@pytest.mark.parametrize("resample", [False, True])
+def test_reported_counts_are_the_true_origins(resample):
+    from sftmerge.plugins.stats import SELECTION_STATS
+
+    base, models = _with_unchanged()
+    SELECTION_STATS.clear()
+    out = select_elements(models, [1, 0.5, 2], element_uniforms(4, "t", base.numel()), base=base,
+                          resample=resample, tensor_name="t", model_ids=["a", "b", "c"])
+    row = SELECTION_STATS.tensors["t"]
+    # Origins: the first model (in order) whose value equals the output; models have distinct values
+    # except where they equal the base, and there every candidate equals the output.
+    stacked = torch.stack([m == out for m in models])
+    first = stacked.to(torch.int8).argmax(0)
+    at_base = out == base
+    assert row.equal_base_after == int(at_base.sum())
+    distinct = ~at_base
+    truth = torch.bincount(first[distinct], minlength=3).tolist()
+    reported = [row.picks[k] for k in "abc"]
+    # Base-equal elements are attributed to whichever model was drawn; compare the rest exactly.
+    assert sum(reported) == base.numel()
+    assert all(r >= t for r, t in zip(reported, truth))
+    assert sum(reported) - sum(truth) == int(at_base.sum())
