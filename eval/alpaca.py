@@ -1,6 +1,6 @@
 """AlpacaEval: answers to the 805 prompts, AlpacaEval's file format, and a local win rate.
 
-The answers are written as `alpaca.model_outputs.json` (a list of {instruction,
+The answers are written as `alpaca_eval/model_outputs.json` (a list of {instruction,
 output, generator, dataset}), ready for the official `alpaca_eval --model_outputs`.
 The local win rate is NOT AlpacaEval's number: a local judge model (--judge) compares
 each answer with the reference output in both orders (A/B, then B/A) by the
@@ -22,6 +22,8 @@ from sftmerge.eval.stats import summarize
 from sftmerge.eval.tasks import EvalSettings, TaskResult, default_max_new_tokens
 
 MAX_NEW_TOKENS = 512
+# In a sub-folder: OUT/<model>/*.json are result files only (the model card reads them all).
+MODEL_OUTPUTS = "alpaca_eval/model_outputs.json"
 PROMPTS_FILE = "alpaca_eval/alpaca_eval_805.jsonl"
 REFERENCE_FILE = "alpaca_eval/gpt4_1106_preview_model_outputs.json"
 HUB_REPO = "tatsu-lab/alpaca_eval"
@@ -151,5 +153,5 @@ def run(model: LoadedModel, settings: EvalSettings, workdir) -> TaskResult:
                   "judge": settings.judge, "generation_seconds": round(gen_seconds, 2)},
         samples=samples,
         extra=extra,
-        files={"alpaca.model_outputs.json": model_outputs},
+        files={MODEL_OUTPUTS: model_outputs},
     )

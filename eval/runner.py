@@ -90,6 +90,7 @@ def write_result(out: Path, model, task: str, result: TaskResult, settings: Eval
     # Samples and side files first: a result JSON always has its samples beside it.
     write_jsonl(folder / f"{task}.samples.jsonl", result.samples)
     for name, data in result.files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         write_json(folder / name, data)
     doc = result_document(model, task, result, settings, seconds)
     write_json(folder / f"{task}.json", doc)

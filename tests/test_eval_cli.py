@@ -71,7 +71,7 @@ def test_task_specific_contents(full_run):
     assert alpaca["judge"]["model"].endswith(str(alpaca["settings"]["judge"]).split("/")[-1])
     assert {"win_rate", "win_prob", "output_chars"} == set(alpaca["metrics"])
     assert alpaca["lengths"]["reference"]["mean_chars"] > 0
-    outputs = json.loads((out / "order-0" / "alpaca.model_outputs.json").read_text())
+    outputs = json.loads((out / "order-0" / "alpaca_eval" / "model_outputs.json").read_text())
     assert [set(o) for o in outputs] == [{"instruction", "output", "generator", "dataset"}] * 2
     assert outputs[0]["generator"] == "order-0" and outputs[0]["dataset"] == "helpful_base"
 
@@ -160,3 +160,12 @@ def test_pass_at_k_with_sampled_completions(tiny_chat_model, tmp_path):
     assert doc["settings"]["generation_kwargs"]["do_sample"] is True
     row = json.loads((out / tiny_chat_model.name / "humaneval.samples.jsonl").read_text())
     assert len(row["completions"]) == len(row["passed"]) == 5 and row["id"] == "humaneval-HumanEval/0"
+
+
+def test_model_card_reads_the_results(full_run):
+    from sftmerge.card_results import read_results
+
+    _, out = full_run
+    rows = read_results(out, "order-0")
+    assert {r.task for r in rows} == set(ALL.split(","))
+    assert all(r.n == 2 and r.backend == "hf" and r.ci95 is not None for r in rows)
