@@ -107,6 +107,10 @@ def chart(t: Dict, path: Path) -> None:
             lo, hi = cell.get("ci95") or (v, v)
             ax.bar(x[i], v, color=colors[i % len(colors)], yerr=[[v - lo], [hi - v]], capsize=3,
                    edgecolor="black" if m in t["best"].get(col, []) else None, label=m)
+        tops = [c["ci95"][1] if c.get("ci95") else c["value"] for c in
+                (t["cells"][m].get(col) for m in models) if c and c.get("value") is not None]
+        # Rates share one 0-1 scale so panels compare at a glance; other metrics scale freely.
+        ax.set_ylim(0, 1.05 if tops and max(tops) <= 1 else None)
         ax.set_title(col, fontsize=9)
         ax.set_xticks([])
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i % len(colors)]) for i in range(len(models))]
