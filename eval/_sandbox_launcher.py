@@ -5,8 +5,9 @@ working folder as cwd, the program source on stdin, and a pipe for the verdict. 
 
 Order matters: operating-system limits first (they hold whatever the program does),
 then the Python audit hook (it cannot be removed once installed), then the program.
-The verdict is a per-run nonce written to fd 3 only after the program returned
-normally (fd named in LIMITS), so `os._exit(0)` or a stray exit code never counts as a pass.
+The verdict pipe (fd named in LIMITS) gets "S"+nonce when the program starts and
+"P"+nonce only after it returned normally, so `os._exit(0)` or a stray exit code
+never counts as a pass, and a sandbox that failed to start is told from a failed program.
 """
 
 import json
@@ -133,13 +134,16 @@ sys.addaudithook(_audit)
 
 def _main(nonce, source):
     # The nonce lives only in this frame, which the program cannot reach through gc.
+    # "S": confinement is complete and the program starts (its absence means the
+    # sandbox itself failed, which the parent reports instead of scoring a failure).
+    os.write(LIMITS["verdict_fd"], b"S" + nonce.encode())
     try:
         exec(compile(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
     except BaseException as e:  # SystemExit and KeyboardInterrupt included: not a pass
         print(f"{type(e).__name__}: {e}"[:2000], file=sys.stderr)
         sys.stderr.flush()
         os._exit(1)
-    os.write(LIMITS["verdict_fd"], nonce.encode())
+    os.write(LIMITS["verdict_fd"], b"P" + nonce.encode())
     os._exit(0)
 
 

@@ -59,9 +59,9 @@ def namespaces_available() -> bool:
     """Whether unprivileged user+net+pid+mount namespaces work here (decided once)."""
     if shutil.which("unshare") is None:
         return False
-    try:
-        return subprocess.run([*UNSHARE, "true"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
+    try:  # the whole stack (namespaces, read-only remount, tmpfs), not just unshare
+        return run_program("pass\n", Limits(timeout_s=30), namespaces=True).passed
+    except SftmergeError:
         return False
 
 
@@ -118,9 +118,13 @@ def run_program(source: str, limits: Limits = Limits(), namespaces: Optional[boo
         if write_fd >= 0:
             os.close(write_fd)
         shutil.rmtree(work, ignore_errors=True)
+    if not verdict.startswith(b"S" + nonce.encode()):
+        # Nothing the program does can cause this: it had not started.
+        raise SftmergeError(f"the code sandbox failed to start a program ({status or 'exit status ' + str(proc.returncode)}): "
+                            f"{detail.splitlines()[-1] if detail else 'no message'}")
     if status == "timeout":
         return Outcome(False, "timeout", f"timed out after {limits.timeout_s:g}s")
-    if proc.returncode == 0 and verdict == nonce.encode():
+    if proc.returncode == 0 and verdict == f"S{nonce}P{nonce}".encode():
         return Outcome(True, "passed", "")
     return Outcome(False, "failed", detail or f"exit status {proc.returncode}")
 

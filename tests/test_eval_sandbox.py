@@ -144,3 +144,13 @@ def test_filling_the_disk_is_capped():
     src = "chunk = b'x' * (1 << 20)\nfor i in range(200):\n    open(f'f{i}', 'wb').write(chunk)\n"
     out = run_program(src, FAST)
     assert not out.passed and "No space left" in out.detail
+
+
+@pytest.mark.parametrize("namespaces", MODES)
+def test_a_sandbox_that_cannot_start_is_an_error_not_a_failed_program(monkeypatch, tmp_path, namespaces):
+    from sftmerge.errors import SftmergeError
+    from sftmerge.eval import sandbox
+
+    monkeypatch.setattr(sandbox, "LAUNCHER", tmp_path / "missing_launcher.py")
+    with pytest.raises(SftmergeError, match="sandbox failed to start"):
+        run_program("pass\n", FAST, namespaces)
