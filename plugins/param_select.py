@@ -35,7 +35,7 @@ from sftmerge.plugins.stats import SELECTION_STATS
 
 PAPER_URL = "https://arxiv.org/abs/2410.03743"
 # Elements examined per resampling step: bounds index and candidate temporaries.
-RESAMPLE_CHUNK = 1 << 22
+RESAMPLE_CHUNK = 1 << 20
 
 
 def tensor_seed(seed: int, tensor_name: Optional[str]) -> int:
@@ -115,8 +115,7 @@ def select_elements(
             idx = (out[start:stop] == b[start:stop]).nonzero().squeeze(1).add_(start)
             equal_before += idx.numel()
             if resample and idx.numel():
-                _resample(flat, b, weights, edges, u, out, idx, counts)
-                equal_after += int(torch.count_nonzero(out.index_select(0, idx) == b.index_select(0, idx)))
+                equal_after += _resample(flat, b, weights, edges, u, out, idx, counts)
             else:
                 equal_after += idx.numel()
 
@@ -140,58 +139,76 @@ def _interval_edges(weights: Sequence[float]) -> list:
     return edges
 
 
-def _first_pick(u: torch.Tensor, weights: Sequence[float], edges: Sequence[float]) -> torch.Tensor:
-    """The first draw's model index for a few uniforms (same rule as the full-tensor pass)."""
-    pick = torch.full(u.shape, next(k for k, w in enumerate(weights) if w > 0), dtype=torch.int64, device=u.device)
-    for k, w in enumerate(weights):
-        if w > 0:
-            pick.masked_fill_(u >= edges[k], k)
-    return pick
-
-
-def _resample(flat, base, weights, edges, u, out, idx, counts) -> None:
+def _resample(flat, base, weights, edges, u, out, idx, counts) -> int:
     """Redraw the base-equal elements `idx` among the positive-weight models that changed them.
 
-    Updates `out` and `counts` in place; elements no such model changed keep the base value.
-    Loops over the K models with contiguous 1-D tensors (K is small; [K, M] reductions
-    along K are strided and slow on CPU).
+    Updates `out` and `counts` in place and returns how many elements still equal the
+    base (those no such model changed). Every operation is on contiguous 1-D tensors of
+    one dtype (bool masks viewed as uint8): each pass costs about as much as the whole
+    selection does per element, and mixed-dtype in-place ops take slow casting paths.
     """
+    positive = [k for k, w in enumerate(weights) if w > 0]
+    n_pos = len(positive)
+    pos_weights = [weights[k] for k in positive]
+    equal = all(w == pos_weights[0] for w in pos_weights)
     base_sel = base.index_select(0, idx)
-    cand = [t.index_select(0, idx) for t in flat]
-    changed = [(c != base_sel) if w > 0 else None for c, w in zip(cand, weights)]
+    cand = [flat[k].index_select(0, idx) for k in positive]
+    changed = [(c != base_sel).view(torch.uint8) for c in cand]  # 0/1 per positive model
 
-    # The uniform rescaled inside the first pick's interval is again uniform on [0, 1).
-    u_sel = u.index_select(0, idx)
-    first = _first_pick(u_sel, weights, edges)
-    lo = torch.tensor(edges[:-1], dtype=torch.float32, device=u.device)
-    width = torch.tensor(edges[1:], dtype=torch.float32, device=u.device) - lo
-    u2 = u_sel.sub_(lo[first]).div_(width[first]).clamp_(0.0, 1.0 - 2.0**-23)
-    del u_sel
+    # Slot (index into `positive`) of the first draw, by the selection pass's own rule,
+    # and the uniform rescaled inside its interval: again uniform on [0, 1), independent
+    # of the first draw.
+    u2 = u.index_select(0, idx)
+    slot = torch.zeros(idx.shape, dtype=torch.uint8, device=u.device)
+    for k in positive[1:]:
+        slot.add_((u2 >= edges[k]).view(torch.uint8))
+    if equal:
+        u2.mul_(n_pos).sub_(slot.to(torch.float32))
+    else:
+        index = slot.to(torch.int64)
+        lo = torch.tensor([edges[k] for k in positive], dtype=torch.float32, device=u.device)
+        width = torch.tensor([w / sum(weights) for w in pos_weights], dtype=torch.float32, device=u.device)
+        u2.sub_(lo[index]).div_(width[index])
+    u2.clamp_(0.0, 1.0 - 2.0**-23)
 
-    # Among changed models with renormalised weights: the first k whose cumulative weight
-    # exceeds u2 * total. u2 < 1 keeps the threshold below the total, so one always does,
-    # unless no model changed the element (total 0): then chosen == K and the base stays.
-    total = torch.zeros(idx.shape, dtype=torch.float32, device=u.device)
-    for w, ch in zip(weights, changed):
-        if ch is not None:
-            total.add_(ch, alpha=w)
-    threshold = u2.mul_(total)
+    # The redraw picks the first changed model whose cumulative (renormalised) weight
+    # exceeds u2 * total; `chosen` counts the models passed before it. Where no model
+    # changed the element, every model is passed (chosen == n_pos) and the base stays.
     chosen = torch.zeros(idx.shape, dtype=torch.uint8, device=u.device)
-    cumulative = total.zero_()
-    for w, ch in zip(weights, changed):
-        if ch is not None:
-            cumulative.add_(ch, alpha=w)
-        chosen.add_(cumulative <= threshold)
+    if equal:
+        # The same rule in integers: the first model whose running count of changed
+        # models exceeds floor(u2 * number changed).
+        n_changed = torch.zeros_like(chosen)
+        for ch in changed:
+            n_changed.add_(ch)
+        threshold = u2.mul_(n_changed.to(torch.float32)).to(torch.uint8)
+        running = n_changed.zero_()
+        for ch in changed:
+            running.add_(ch)
+            chosen.add_((running <= threshold).view(torch.uint8))
+    else:
+        as_float = [ch.to(torch.float32) for ch in changed]
+        total = torch.zeros(idx.shape, dtype=torch.float32, device=u.device)
+        for w, ch in zip(pos_weights, as_float):
+            total.add_(ch, alpha=w)
+        threshold = u2.mul_(total)
+        running = total.zero_()
+        for w, ch in zip(pos_weights, as_float):
+            running.add_(ch, alpha=w)
+            chosen.add_((running <= threshold).view(torch.uint8))
 
     values = base_sel
-    for k in range(len(cand)):
-        torch.where(chosen == k, cand[k], values, out=values)
+    for j, c in enumerate(cand):
+        torch.where(chosen == j, c, values, out=values)
     out.index_copy_(0, idx, values)
-    redrawn = chosen < len(cand)
-    moved_from = torch.bincount(first, weights=redrawn.to(torch.float32), minlength=len(flat))
-    moved_to = torch.bincount(chosen.to(torch.int64), minlength=len(flat) + 1)
-    for k in range(len(flat)):
-        counts[k] += int(moved_to[k]) - int(moved_from[k])
+
+    kept = chosen == n_pos
+    moved_to = torch.bincount(chosen, minlength=n_pos + 1).tolist()
+    first = torch.bincount(slot, minlength=n_pos).tolist()
+    not_moved = torch.bincount(slot[kept], minlength=n_pos).tolist()
+    for j, k in enumerate(positive):
+        counts[k] += moved_to[j] - (first[j] - not_moved[j])
+    return moved_to[n_pos]
 
 
 @merge_method(

@@ -197,3 +197,16 @@ def test_existing_output_needs_overwrite(family, tmp_path):
     assert sftmerge_merge(recipe, tmp_path / "out").exit_code == 0
     assert "already exists" in _error_of(sftmerge_merge(recipe, tmp_path / "out"))
     assert sftmerge_merge(recipe, tmp_path / "out", "--overwrite").exit_code == 0
+
+
+def test_offline_merge_of_relative_local_paths(family, tmp_path, clean_env):
+    """mergekit's card asks the Hub about `fam/base`-style paths; offline that must not fail the merge."""
+    subprocess.run(["cp", "-r", str(family), str(tmp_path / "fam")], check=True)
+    recipe = write_recipe(tmp_path / "r.yml", Path("fam"))
+    env = {**clean_env, "HF_HUB_OFFLINE": "1"}
+    for command in (["mergekit-yaml"], ["sftmerge", "merge"]):
+        out = f"out-{command[0]}"
+        run = subprocess.run([tool(command[0]), *command[1:], "r.yml", out, "--quiet"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert (tmp_path / out / "mergekit_config.yml").read_text() == recipe.read_text()

@@ -76,19 +76,19 @@ def test_resample_leaves_no_base_equal_element_where_a_model_changed():
     assert torch.equal(out[kept], plain[kept])
 
 
-def test_resample_redraws_with_renormalised_weights():
+@pytest.mark.parametrize("weights", [[1.0, 1.0, 2.0], [1.0, 1.0, 1.0], [3.0, 0.5, 0.5]])
+def test_resample_redraws_with_renormalised_weights(weights):
     base, models = _with_unchanged()
-    weights = [1.0, 1.0, 2.0]
     out = select_elements(models, weights, element_uniforms(9, "w", base.numel()), base=base, resample=True)
     half = slice(0, 30_000 - 1000)  # model 0 unchanged there; models 1, 2 changed
     which = _picked(out[half].float(), [m[half].float() for m in models])
     counts = torch.bincount(which[which >= 0], minlength=3).numpy()
-    # Overall P(k) = w_k/W + P(first pick unchanged) * w_k / W_changed, for k = 1, 2.
-    p1 = 1 / 4 + (1 / 4) * (1 / 3)
-    p2 = 2 / 4 + (1 / 4) * (2 / 3)
+    # Keeping a changed first draw and redrawing an unchanged one among the changed models
+    # gives, overall, P(k) = w_k / (weight of the changed models).
+    changed_weight = weights[1] + weights[2]
     n = counts.sum()
-    assert counts[0] == 0
-    assert chisquare(counts[1:], [n * p1, n * p2]).pvalue > 1e-4
+    assert counts[0] == 0 and n == 29_000
+    assert chisquare(counts[1:], [n * weights[1] / changed_weight, n * weights[2] / changed_weight]).pvalue > 1e-4
 
 
 def test_same_seed_same_output_other_seed_differs():
