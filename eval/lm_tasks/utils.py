@@ -1,4 +1,4 @@
-"""Helpers referenced by the task YAMLs in this folder (loaded by lm-eval, by file path)."""
+"""Functions referenced by the task YAMLs in this folder (loaded by lm-eval, by file path)."""
 
 
 def list_fewshot_samples():
