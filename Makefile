@@ -40,7 +40,7 @@ clean:
 # Evaluate every model of a training run (RUN/order-*/, RUN/merged/*/) on TASKS.
 # Optional: LIMIT (first N examples per task), DATA_DIR (local data instead of the Hub),
 # EVAL_FLAGS (e.g. --allow-code-execution --judge models/smollm2-135m-instruct --backend hf).
-RUN ?= runs/sft
+RUN ?= runs/demo
 TASKS ?= arith,gsm8k
 LIMIT ?=
 OUT ?= results/$(notdir $(RUN))

@@ -57,6 +57,7 @@ class _Group(click.Group):
 LAZY = {
     "merge": ("sftmerge.merge_cli:merge", "Validate a mergekit recipe strictly, then merge it (writes merge_report.json)."),
     "analyze": ("sftmerge.eval.analyze:analyze", "Diagnostics: delta sparsity, training imbalance."),
+    "eval": ("sftmerge.eval.cli:eval_command", "Evaluate models on arith, GSM8K, HumanEval, MBPP and AlpacaEval."),
     "card": ("sftmerge.card:card_command", "(Re)write the Hugging Face model card of a merged model folder."),
     "push": ("sftmerge.hub:push_command", "Upload a finished merge to the Hugging Face Hub (--dry-run lists it)."),
     "recipe": ("sftmerge.hub:recipe_group", "Recipes on the Hub: pull a shared merge's recipe into recipes/."),
@@ -110,10 +111,6 @@ def bench() -> None:
 from sftmerge.bench_merge import bench_merge  # noqa: E402  (light: no torch at import)
 
 bench.add_command(bench_merge)
-
-from sftmerge.eval.cli import eval_command  # noqa: E402
-
-main.add_command(eval_command)
 
 if __name__ == "__main__":
     main()
