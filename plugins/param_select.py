@@ -35,7 +35,7 @@ from sftmerge.plugins.stats import SELECTION_STATS
 
 PAPER_URL = "https://arxiv.org/abs/2410.03743"
 # Elements examined per resampling step: bounds index and candidate temporaries.
-RESAMPLE_CHUNK = 1 << 20
+RESAMPLE_CHUNK = 1 << 22
 
 
 def tensor_seed(seed: int, tensor_name: Optional[str]) -> int:
