@@ -15,7 +15,21 @@ from sftmerge.errors import SftmergeError
 
 
 class _Group(click.Group):
-    """Turns SftmergeError into one `error: ...` line and exit status 1."""
+    """Turns SftmergeError into one `error: ...` line and exit status 1.
+
+    Commands listed in `lazy` are built on first use, so commands that do not need
+    mergekit (whose import takes seconds) start at once.
+    """
+
+    lazy = {}
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy and name not in self.commands:
+            self.lazy[name]()
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         try:
@@ -66,7 +80,16 @@ def _merge_command():
         click.echo(line)
 
 
-_merge_command()
+_Group.lazy["merge"] = _merge_command
+
+
+def _train_commands():
+    from sftmerge.train.cli import register
+
+    register(main)
+
+
+_train_commands()
 
 
 @main.command("toy-models")
