@@ -9,7 +9,6 @@ saved as an ordinary HF folder in bfloat16, with the GGUF's tokenizer and chat t
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Dict, Optional
@@ -103,13 +102,13 @@ def check_base(base: str) -> None:
         if not (path / "config.json").is_file():
             raise SftmergeError(f"base {base}: no config.json in that folder (not a HF model folder)")
         return
-    looks_like_hub_id = base.count("/") == 1 and not base.startswith((".", "/")) and not os.path.isabs(base)
+    hint = " (make it with `sftmerge base smollm2`)" if path.name in {Path(b["default_out"]).name for b in BASES.values()} else ""
+    looks_like_hub_id = base.count("/") == 1 and not base.startswith((".", "/", "~"))
     if not looks_like_hub_id:
-        hint = " (make it with `sftmerge base smollm2`)" if base.rstrip("/").endswith("smollm2-135m-instruct") else ""
         raise SftmergeError(f"base {base} not found{hint}")
     try:
         from transformers import AutoConfig
 
         AutoConfig.from_pretrained(base)
     except Exception as e:
-        raise SftmergeError(f"base {base} not found locally and not loadable from the Hub ({type(e).__name__})") from None
+        raise SftmergeError(f"base {base} not found locally, nor loadable from the Hub ({type(e).__name__}){hint}") from None
