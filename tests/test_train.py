@@ -284,12 +284,14 @@ def test_base_smollm2_is_cached_hf_folder(smollm2):
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(tiny_base, tmp_path, clean_env):
+    """Two DDP processes on CPU (gloo). accelerate 1.x starts several CPU processes only through
+    torchrun (`--multi_gpu`) or MPI: `--cpu --num_processes 2` alone runs one process."""
     config = tmp_path / "c.yaml"
     config.write_text(f"base: {tiny_base}\ndata: arith\nnum_samples: 16\nnum_train_epochs: 1\n"
                       f"per_device_train_batch_size: 2\nmax_length: 128\noutput_dir: {tmp_path / 'run'}\n")
     clean_env = {**clean_env, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [tool("accelerate"), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+        [tool("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", tool("sftmerge"), "train", "sft", str(config),
          "--orders", "2", "--order", "1"],
         capture_output=True, text=True, env=clean_env, timeout=240,

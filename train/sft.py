@@ -40,6 +40,13 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def process_state():
+    """accelerate's process state; on a machine without CUDA, CPU processes (gloo under torchrun)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def resolve_precision(precision: str) -> str:
     """auto: bf16 where the hardware has it; else fp16 on older GPUs, fp32 on CPU."""
     if precision != "auto":
@@ -206,6 +213,7 @@ def sft_args(config: SFTRunConfig, output_dir: Path, precision: str):
         completion_only_loss=True,
         packing=False,
         report_to="none",
+        use_cpu=not torch.cuda.is_available(),
         **config.sft_args,
     )
 
@@ -223,10 +231,9 @@ def train_order(config: SFTRunConfig, k: int, pairs: Sequence[Pair], run: Path,
     """Train order k into RUN/order-k/ (resuming its work folder if there is one)."""
     import weakref
 
-    from accelerate import PartialState
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    state = PartialState()
+    state = process_state()
     work, final = run / f".order-{k}.work", run / f"order-{k}"
     staged = work / "final"
     if state.is_main_process:
@@ -371,11 +378,9 @@ def prepare_run(config: SFTRunConfig) -> Path:
 def run_multi_order(config: SFTRunConfig, only: Optional[Sequence[int]] = None,
                     echo: Callable[[str], None] = print, callbacks: Sequence = ()) -> List[Dict]:
     """Train the orders of `config` (all K, or `only` those), skipping finished ones."""
-    from accelerate import PartialState
-
     from sftmerge.recipes import write_recipe_set
 
-    state = PartialState()
+    state = process_state()
     K = config.orders
     todo = list(range(K)) if only is None else list(only)
     bad = [k for k in todo if not 0 <= k < K]
