@@ -7,7 +7,7 @@ EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sftmerge-installed
 
-.PHONY: setup test quickstart bench-merge clean
+.PHONY: setup test quickstart bench-merge train bench-train clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,26 @@ quickstart: setup
 BENCH_RUNS ?= 3
 bench-merge: setup
 	$(BIN)/sftmerge bench merge --runs $(BENCH_RUNS)
+
+# Multi-order SFT of the configured run (default: SmolLM2-135M-Instruct on the built-in arith task).
+# A rerun skips finished orders and resumes an interrupted one.
+TRAIN_CONFIG ?= train/configs/arith.yaml
+DEFAULT_BASE := models/smollm2-135m-instruct
+BASE ?= $(DEFAULT_BASE)
+DATA ?= arith
+K ?= 3
+EPOCHS ?= 2
+OUT ?= runs/demo
+train: setup
+	@if [ "$(BASE)" = "$(DEFAULT_BASE)" ]; then $(BIN)/sftmerge base smollm2 --out $(BASE); fi
+	$(BIN)/sftmerge train sft $(TRAIN_CONFIG) --orders $(K) --base $(BASE) --data $(DATA) --epochs $(EPOCHS) --out $(OUT)
+
+# tokens/s of `sftmerge train sft` vs a plain TRL SFTTrainer script, interleaved runs; ratio printed last.
+BENCH_TRAIN_RUNS ?= 3
+BENCH_TRAIN_SAMPLES ?= 48
+bench-train: setup
+	$(BIN)/sftmerge base smollm2 --out $(DEFAULT_BASE)
+	$(BIN)/python -m sftmerge.train.bench --config $(TRAIN_CONFIG) --runs $(BENCH_TRAIN_RUNS) --num-samples $(BENCH_TRAIN_SAMPLES)
 
 clean:
 	rm -rf runs/quickstart .pytest_cache

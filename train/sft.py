@@ -81,7 +81,8 @@ def save_hf_folder(model: torch.nn.Module, folder: Path, dtype: torch.dtype, tok
     """An HF model folder in `dtype` (the base's), with tokenizer and chat template."""
     folder.mkdir(parents=True, exist_ok=True)
     sd = state_dict if state_dict is not None else model.state_dict()
-    sd = {k: v.detach().to("cpu", dtype) for k, v in sd.items() if k not in tied_duplicates(model)}
+    drop = tied_duplicates(model)
+    sd = {k: v.detach().to("cpu", dtype) for k, v in sd.items() if k not in drop}
     model.save_pretrained(folder, state_dict=sd, safe_serialization=True)
     cfg_path = folder / "config.json"
     cfg = json.loads(cfg_path.read_text())
@@ -91,13 +92,12 @@ def save_hf_folder(model: torch.nn.Module, folder: Path, dtype: torch.dtype, tok
 
 
 def tied_duplicates(model: torch.nn.Module) -> set:
-    """State-dict names that share storage with an earlier name (tied embeddings): saved once."""
+    """Parameter names that are the same tensor as an earlier name (tied embeddings): saved once."""
     seen, dups = set(), set()
-    for name, t in model.state_dict(keep_vars=True).items():
-        key = (t.data_ptr(), tuple(t.shape))
-        if key in seen:
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
             dups.add(name)
-        seen.add(key)
+        seen.add(id(p))
     return dups
 
 
