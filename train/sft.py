@@ -286,8 +286,8 @@ def train_order(config: SFTRunConfig, k: int, pairs: Sequence[Pair], run: Path,
             save_hf_folder(merged_copy(model), staged, saved_dtype, tokenizer)
         else:
             save_hf_folder(model, staged, saved_dtype, tokenizer, state_dict=full_sd)
-        summary = _write_records(config, k, pairs, trainer, orders, global_batch, staged, snapshots,
-                                 fingerprint, precision, saved_dtype, lengths, result, seconds, start_step)
+        _write_records(config, k, pairs, trainer, orders, global_batch, staged, snapshots,
+                       fingerprint, precision, saved_dtype, lengths, result, seconds, start_step)
         if final.exists():
             shutil.rmtree(final)
         staged.rename(final)
@@ -297,7 +297,7 @@ def train_order(config: SFTRunConfig, k: int, pairs: Sequence[Pair], run: Path,
 
 
 def _write_records(config, k, pairs, trainer, orders, global_batch, staged: Path, snapshots: Path,
-                   fingerprint, precision, saved_dtype, lengths, result, seconds, start_step) -> Dict:
+                   fingerprint, precision, saved_dtype, lengths, result, seconds, start_step) -> None:
     write_json(staged / "order.json", order_record(orders, config.order_seed, k, config.order_mode, global_batch,
                                                    [p.id for p in pairs]))
     (staged / "config.yaml").write_text(dump_config(config), encoding="utf-8")
@@ -341,7 +341,6 @@ def _write_records(config, k, pairs, trainer, orders, global_batch, staged: Path
         "lora": config.lora,
     }
     write_json(staged / SUMMARY, summary)
-    return summary
 
 
 # ---------------------------------------------------------------------------- the run
