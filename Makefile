@@ -7,7 +7,7 @@ EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sftmerge-installed
 
-.PHONY: setup test quickstart bench-merge clean eval
+.PHONY: setup test quickstart bench-merge train bench-train eval clean
 
 setup: $(STAMP)
 
@@ -34,17 +34,37 @@ BENCH_RUNS ?= 3
 bench-merge: setup
 	$(BIN)/sftmerge bench merge --runs $(BENCH_RUNS)
 
+# Multi-order SFT of the configured run (default: SmolLM2-135M-Instruct on the built-in arith task).
+# A rerun skips finished orders and resumes an interrupted one.
+TRAIN_CONFIG ?= train/configs/arith.yaml
+DEFAULT_BASE := models/smollm2-135m-instruct
+BASE ?= $(DEFAULT_BASE)
+DATA ?= arith
+K ?= 3
+EPOCHS ?= 2
+OUT ?= runs/demo
+train: setup
+	@if [ "$(BASE)" = "$(DEFAULT_BASE)" ]; then $(BIN)/sftmerge base smollm2 --out $(BASE); fi
+	$(BIN)/sftmerge train sft $(TRAIN_CONFIG) --orders $(K) --base $(BASE) --data $(DATA) --epochs $(EPOCHS) --out $(OUT)
+
+# tokens/s of `sftmerge train sft` vs a plain TRL SFTTrainer script, interleaved runs; ratio printed last.
+BENCH_TRAIN_RUNS ?= 3
+BENCH_TRAIN_SAMPLES ?= 48
+bench-train: setup
+	$(BIN)/sftmerge base smollm2 --out $(DEFAULT_BASE)
+	$(BIN)/python -m sftmerge.train.bench --config $(TRAIN_CONFIG) --runs $(BENCH_TRAIN_RUNS) --num-samples $(BENCH_TRAIN_SAMPLES)
+
 clean:
 	rm -rf runs/quickstart .pytest_cache
 
 # Evaluate every model of a training run (RUN/order-*/, RUN/merged/*/) on TASKS.
 # Optional: LIMIT (first N examples per task), DATA_DIR (local data instead of the Hub),
 # EVAL_FLAGS (e.g. --allow-code-execution --judge models/smollm2-135m-instruct --backend hf).
-RUN ?= runs/demo
+RUN ?= $(OUT)
 TASKS ?= arith,gsm8k
 LIMIT ?=
-OUT ?= results/$(notdir $(RUN))
+RESULTS ?= results/$(notdir $(RUN))
 DATA_DIR ?=
 EVAL_FLAGS ?=
 eval: setup
-	$(BIN)/sftmerge eval --run $(RUN) --tasks $(TASKS) --out $(OUT) $(if $(LIMIT),--limit $(LIMIT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(EVAL_FLAGS)
+	$(BIN)/sftmerge eval --run $(RUN) --tasks $(TASKS) --out $(RESULTS) $(if $(LIMIT),--limit $(LIMIT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(EVAL_FLAGS)

