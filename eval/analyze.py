@@ -59,3 +59,27 @@ def imbalance_command(run: str, merged, anchor, bins: int, out) -> None:
         s = stats["anchor"][Path(name).name]
         click.echo(f"{Path(name).name}: along the anchor's order rho = {s['rho']:+.3f} (p = {s['p_value']:.3g})")
     click.echo(f"wrote {target}/position.{{png,csv}}, anchor.{{png,csv}}, spearman.{{json,csv}}")
+
+
+@analyze.command("steps")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--method", default="select", show_default=True, help="Recipe used to merge same-step checkpoints.")
+@click.option("--limit", default=100, show_default=True, help="Held-out problems the loss is measured on.")
+@click.option("--seed", default=42, show_default=True, help="Merge seed written into each step's recipe.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder (default: RUN/steps).")
+def steps_command(run: str, method: str, limit: int, seed: int, out) -> None:
+    """Figure 4 of the paper: held-out loss vs training step, single runs and the merge of same-step checkpoints.
+
+    Needs a run trained with keep_checkpoint_steps. Writes OUT/steps.{png,csv,json},
+    OUT/recipes/step-N.yml and the merges OUT/merged/step-N/ (reused on a rerun).
+    """
+    from sftmerge.eval.steps import step_curves, steps_line
+
+    if limit < 1:
+        raise SftmergeError(f"--limit must be at least 1 (got {limit})")
+    if not Path(run).is_dir():
+        raise SftmergeError(f"run folder {run} not found")
+    target = Path(out) if out else Path(run) / "steps"
+    record = step_curves(Path(run), target, method, limit, seed)
+    click.echo(steps_line(record))
+    click.echo(f"wrote {target}/steps.{{png,csv,json}}")

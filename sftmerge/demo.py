@@ -9,9 +9,6 @@ task finished. Stage times are kept in RUN/stages.json; the report is rewritten 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,17 +38,6 @@ class DemoSettings:
     seed: int = 0  # paired bootstrap seed (recorded in the report)
 
 
-def _bin(name: str) -> str:
-    """A console script of this interpreter's environment (the stock mergekit-yaml)."""
-    path = Path(sys.executable).parent / name
-    if not path.exists():
-        found = shutil.which(name)
-        if not found:
-            raise SftmergeError(f"{name} not found beside {sys.executable} nor on PATH (pip install mergekit)")
-        return found
-    return str(path)
-
-
 def stage_base(config) -> str:
     from sftmerge.train.base import BASES, make_base
 
@@ -76,26 +62,15 @@ def stage_merge(run: Path, merges, echo) -> str:
     """Each recipe of RUN/recipes/ through the stock mergekit-yaml into RUN/merged/<name>/."""
     from tqdm.auto import tqdm
 
+    from sftmerge.stock_merge import mergekit_yaml
+
     done = 0
     for name in tqdm(merges, desc="merging (mergekit-yaml)", unit="merge"):
-        target = run / "merged" / name
-        if (target / "config.json").is_file():
-            continue
-        recipe = run / "recipes" / f"{name}.yml"
-        if not recipe.is_file():
-            raise SftmergeError(f"recipe {recipe} not found")
-        tmp = target.with_name(f".{name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
         t0 = time.time()
-        proc = subprocess.run([_bin("mergekit-yaml"), str(recipe), str(tmp), "--random-seed", "42"],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise SftmergeError(f"mergekit-yaml {recipe} failed: {tail[0]}")
-        tmp.rename(target)
-        done += 1
-        echo(f"merged {name} in {time.time() - t0:.0f}s -> {target}")
+        target = run / "merged" / name
+        if mergekit_yaml(run / "recipes" / f"{name}.yml", target):
+            done += 1
+            echo(f"merged {name} in {time.time() - t0:.0f}s -> {target}")
     return f"{done} new, {len(merges) - done} already there"
 
 
@@ -124,16 +99,23 @@ def stage_eval(run: Path, task: str, settings: DemoSettings, echo) -> str:
     return f"{len(todo)} evaluated, {len(models_of(run, settings.merges)) - len(todo)} already there"
 
 
-def stage_imbalance(run: Path, merges) -> str:
+def stage_imbalance(run: Path, merges, config, limit: Optional[int]) -> str:
+    """Figures 1 and 3; figure 4 too when the run kept same-step snapshots."""
     from sftmerge.eval.imbalance import imbalance
 
     out = run / "imbalance"
     merged = [str(run / "merged" / m) for m in merges]
     done = out / "imbalance.json"
-    if done.is_file() and json.loads(done.read_text())["merged"] == merged:
-        return "already there"
-    imbalance(run, merged, out)
-    return "written"
+    did = []
+    if not (done.is_file() and json.loads(done.read_text())["merged"] == merged):
+        imbalance(run, merged, out)
+        did.append("figures 1, 3")
+    if config.keep_checkpoint_steps and not (run / "steps" / "steps.json").is_file():
+        from sftmerge.eval.steps import step_curves
+
+        step_curves(run, run / "steps", "select", limit or 100)
+        did.append("figure 4")
+    return f"{' and '.join(did)} written" if did else "already there"
 
 
 def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Path:
@@ -159,7 +141,7 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Pat
         "train": lambda: stage_train(config, echo),
         "merge": lambda: stage_merge(run, settings.merges, echo),
         "eval": lambda: stage_eval(run, task, settings, echo),
-        "imbalance": lambda: stage_imbalance(run, settings.merges),
+        "imbalance": lambda: stage_imbalance(run, settings.merges, config, settings.eval_limit),
         "report": lambda: str(write_report(run, task, settings, times, machine())),
     }
     for i, stage in enumerate(STAGES, 1):

@@ -24,9 +24,12 @@ from sftmerge.demo import MERGES
 @click.option("--backend", type=click.Choice(["auto", "vllm", "hf"]), default="auto", show_default=True)
 @click.option("--batch-size", default=16, show_default=True, help="Evaluation batch size.")
 @click.option("--allow-code-execution", is_flag=True, help="Needed for data=code (MBPP runs model-written code).")
+@click.option("--checkpoint-steps", "keep_checkpoint_steps", type=int, default=None,
+              help="Keep snapshots every N steps and plot loss vs step with same-step merges (figure 4).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the paired bootstrap intervals.")
 def demo_command(config, orders, base, data, num_train_epochs, num_samples, output_dir, merges, eval_limit,
-                 max_new_tokens, data_dir, backend, batch_size, allow_code_execution, seed) -> None:
+                 max_new_tokens, data_dir, backend, batch_size, allow_code_execution, keep_checkpoint_steps,
+                 seed) -> None:
     """Base -> K order runs -> merges (stock mergekit-yaml) -> evaluation -> diagnostics -> RUN/REPORT.md.
 
     A rerun skips finished stages (and finished orders, merges and evaluations inside them).
@@ -41,7 +44,8 @@ def demo_command(config, orders, base, data, num_train_epochs, num_samples, outp
     settings = DemoSettings(
         config=config or str(DEFAULT_CONFIG),
         overrides=dict(orders=orders, base=base, data=data, num_train_epochs=num_train_epochs,
-                       num_samples=num_samples, output_dir=output_dir),
+                       num_samples=num_samples, output_dir=output_dir,
+                       keep_checkpoint_steps=keep_checkpoint_steps),
         merges=chosen, eval_limit=eval_limit, max_new_tokens=max_new_tokens, data_dir=data_dir, backend=backend,
         batch_size=batch_size, allow_code_execution=allow_code_execution, seed=seed,
     )

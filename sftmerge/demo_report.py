@@ -41,7 +41,7 @@ def paired_rows(run: Path, task: str, singles: List[str], merges: List[str], see
     rows = []
     for a, b in pairs:
         for key in keys:
-            if not cache[a] or key not in cache[a][0] or key not in cache[b][0]:
+            if not cache[a] or not cache[b] or key not in cache[a][0] or key not in cache[b][0]:
                 continue
             va, vb = align(cache[a], cache[b], key, (a, b))
             # Judge scores (alpaca) and pass fractions (code, several samples) are not 0/1.
@@ -93,7 +93,11 @@ def write_report(run: Path, task: str, settings, times: Dict, host: Dict) -> Pat
     lines += [f"| {k} | {v['rho']:+.3f} | {v['p_value']:.3g} | {v['n']} |" for k, v in spearman.items()]
     lines += ["", "![loss vs first-epoch position](imbalance/position.png)", "",
               "![losses along order-0's data order, sub-models and merges](imbalance/anchor.png)", "",
-              "![evaluation summary](eval/summary.png)", "", "## Recipes", ""]
+              "![evaluation summary](eval/summary.png)", ""]
+    if (run / "steps" / "steps.png").is_file():
+        lines += ["Held-out loss against training step, single runs and the `select` merge of their same-step "
+                  "checkpoints:", "", "![loss vs step](steps/steps.png)", ""]
+    lines += ["## Recipes", ""]
     for m in merges:
         lines += [f"`recipes/{m}.yml`:", "", "```yaml", (run / "recipes" / f"{m}.yml").read_text().rstrip(), "```", ""]
     lines += ["## Stage times", "", "| stage | seconds | what |", "|---|---|---|"]

@@ -21,7 +21,7 @@ def tiny_run(tiny_chat_model, tmp_path_factory):
     run = tmp_path_factory.mktemp("imb") / "run"
     config = SFTRunConfig(base=str(tiny_chat_model), data="arith", num_samples=16, output_dir=str(run), orders=2,
                           num_train_epochs=1, per_device_train_batch_size=4, learning_rate=1e-3, save_steps=50,
-                          logging_steps=1, max_length=128)
+                          logging_steps=1, max_length=128, keep_checkpoint_steps=2)
     run_multi_order(config, echo=lambda s: None)
     subprocess.run([tool("mergekit-yaml"), str(run / "recipes" / "average.yml"), str(run / "merged" / "average")],
                    check=True, capture_output=True)
@@ -67,3 +67,21 @@ def test_imbalance_command_writes_figures_tables_and_spearman(tiny_run, tmp_path
 def test_imbalance_errors_are_one_line(tmp_path):
     res = CliRunner().invoke(main, ["analyze", "imbalance", str(tmp_path)])
     assert res.exit_code == 1 and "error: " in res.output and "no finished orders" in res.output
+
+
+def test_steps_command_merges_same_step_checkpoints(tiny_run, tmp_path):
+    out = tmp_path / "steps"
+    res = CliRunner().invoke(main, ["analyze", "steps", str(tiny_run), "--limit", "6", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "steps.json").read_text())
+    assert record["split"] == "validation" and record["problems"] == 6
+    # 16 samples / batch 4 = 4 steps; snapshot at 2, final at 4; step 0 is the base
+    assert sorted({r["step"] for r in record["rows"]}) == [0, 2, 4]
+    assert {r["model"] for r in record["rows"]} == {"order-0", "order-1", "select"}
+    assert (out / "merged" / "step-2" / "mergekit_config.yml").is_file()
+    assert "merge_method: param_select" in (out / "recipes" / "step-2.yml").read_text()
+    assert (out / "steps.png").stat().st_size > 1000
+    at0 = {r["model"]: r["loss"] for r in record["rows"] if r["step"] == 0}
+    assert len(set(at0.values())) == 1  # all start from the base
+    at4 = {r["model"]: r["loss"] for r in record["rows"] if r["step"] == 4}
+    assert at4["order-0"] != at4["order-1"] and at4["order-0"] != at0["order-0"]

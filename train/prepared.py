@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from sftmerge.data import Pair, load_pairs
 from sftmerge.errors import SftmergeError
@@ -24,15 +24,19 @@ def run_config(run: Path) -> SFTRunConfig:
     return load_config(path)
 
 
-def prepared_dataset(config: SFTRunConfig) -> Tuple[List[Pair], object]:
-    """(pairs, prepared dataset with input_ids and labels), row i = pair i, as in training."""
+def prepared_dataset(config: SFTRunConfig, pairs: Optional[List[Pair]] = None) -> Tuple[List[Pair], object]:
+    """(pairs, prepared dataset with input_ids and labels), row i = pair i, as in training.
+
+    `pairs` default to the run's training pairs; others (held-out ones) are prepared alike.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
     from sftmerge.train.sft import sft_args, to_chat_dataset
 
-    pairs = load_pairs(config.data, "train", config.num_samples, config.data_seed)
+    if pairs is None:
+        pairs = load_pairs(config.data, "train", config.num_samples, config.data_seed)
     tokenizer = AutoTokenizer.from_pretrained(config.base)
     model = AutoModelForCausalLM.from_pretrained(config.base, dtype=torch.float32)
     with tempfile.TemporaryDirectory(prefix="sftmerge-prepare-") as tmp:
