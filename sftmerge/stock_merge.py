@@ -31,6 +31,7 @@ def mergekit_yaml(recipe: Path, target: Path, random_seed: int = 42) -> bool:
         return False
     if not Path(recipe).is_file():
         raise SftmergeError(f"recipe {recipe} not found")
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     proc = subprocess.run([console_script("mergekit-yaml"), str(recipe), str(tmp), "--random-seed", str(random_seed)],
@@ -39,6 +40,5 @@ def mergekit_yaml(recipe: Path, target: Path, random_seed: int = 42) -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise SftmergeError(f"mergekit-yaml {recipe} failed: {tail[0]}")
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(target)
     return True
