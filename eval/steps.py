@@ -103,6 +103,9 @@ def _plot(record: Dict, path: Path, run_name: str) -> None:
         merged = name == record["method"]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "-s" if merged else "--o", lw=2.4 if merged else 1.2,
                 ms=5 if merged else 3, label=f"merge of same-step checkpoints ({name})" if merged else name)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("training step (optimizer steps; 0 = base)")
     ax.set_ylabel("held-out loss (mean NLL per response token)")
     ax.set_title(f"{run_name}: {record['split']} loss on {record['problems']} problems", fontsize=10)
