@@ -68,3 +68,21 @@ DATA_DIR ?=
 EVAL_FLAGS ?=
 eval: setup
 	$(BIN)/sftmerge eval --run $(RUN) --tasks $(TASKS) --out $(RESULTS) $(if $(LIMIT),--limit $(LIMIT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(EVAL_FLAGS)
+
+# The main job end to end, resumable (a rerun skips finished stages): base -> K order runs ->
+# merges through the stock mergekit-yaml (average, select, resample, ties) -> evaluation ->
+# imbalance diagnostics -> $(OUT)/REPORT.md. Knobs: K, EPOCHS, BASE, DATA, OUT, LIMIT, SAMPLES,
+# DATA_DIR, DEMO_FLAGS (any other `sftmerge demo` option).
+.PHONY: demo reproduce
+SAMPLES ?=
+DEMO_FLAGS ?=
+DEMO_ARGS = --config $(TRAIN_CONFIG) --k $(K) --base $(BASE) --epochs $(EPOCHS) $(if $(LIMIT),--limit $(LIMIT)) \
+	$(if $(SAMPLES),--num-samples $(SAMPLES)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(DEMO_FLAGS)
+demo: setup
+	$(BIN)/sftmerge demo $(DEMO_ARGS) --data $(DATA) --out $(OUT)
+
+# The same pipeline on another task: make reproduce DATA=gsm8k|alpaca|code DATA_DIR=../shared/data
+# (code runs model-written programs in the sandbox, so it passes --allow-code-execution).
+REPRO_OUT ?= runs/reproduce-$(DATA)
+reproduce: setup
+	$(BIN)/sftmerge demo $(DEMO_ARGS) --data $(DATA) --out $(REPRO_OUT) $(if $(filter code,$(DATA)),--allow-code-execution)

@@ -31,3 +31,55 @@ def sparsity(models, base: str, tolerance: float, out: str) -> None:
     table = {label: delta_sparsity(m, base, tolerance) for label, m in zip(model_labels(models), models)}
     click.echo(write_outputs(table, base, tolerance, Path(out)), nl=False)
     click.echo(f"wrote {out}/sparsity.{{md,csv,json,png}}")
+
+
+@analyze.command("imbalance")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--merged", "merged", multiple=True, type=click.Path(file_okay=False),
+              help="Merged model folder (repeatable): its per-sample losses join figure 3.")
+@click.option("--anchor", default=None, help="Order whose positions are figure 3's x axis (default: order-0).")
+@click.option("--bins", default=10, show_default=True, help="Position bins for the binned means.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder (default: RUN/imbalance).")
+def imbalance_command(run: str, merged, anchor, bins: int, out) -> None:
+    """Figures 1 and 3 of the paper: final loss vs first-epoch position, per order and along one order.
+
+    Writes OUT/position.{png,csv}, OUT/anchor.{png,csv}, OUT/spearman.{json,csv}.
+    """
+    from sftmerge.eval.imbalance import imbalance
+
+    if bins < 1:
+        raise SftmergeError(f"--bins must be at least 1 (got {bins})")
+    if not Path(run).is_dir():
+        raise SftmergeError(f"run folder {run} not found")
+    target = Path(out) if out else Path(run) / "imbalance"
+    stats = imbalance(Path(run), list(merged), target, anchor, bins)
+    for name, s in stats["position"].items():
+        click.echo(f"{name}: Spearman rho(position, loss) = {s['rho']:+.3f} (p = {s['p_value']:.3g}, n = {s['n']})")
+    for name in merged:
+        s = stats["anchor"][Path(name).name]
+        click.echo(f"{Path(name).name}: along the anchor's order rho = {s['rho']:+.3f} (p = {s['p_value']:.3g})")
+    click.echo(f"wrote {target}/position.{{png,csv}}, anchor.{{png,csv}}, spearman.{{json,csv}}")
+
+
+@analyze.command("steps")
+@click.argument("run", type=click.Path(file_okay=False))
+@click.option("--method", default="select", show_default=True, help="Recipe used to merge same-step checkpoints.")
+@click.option("--limit", default=100, show_default=True, help="Held-out problems the loss is measured on.")
+@click.option("--seed", default=42, show_default=True, help="Merge seed written into each step's recipe.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder (default: RUN/steps).")
+def steps_command(run: str, method: str, limit: int, seed: int, out) -> None:
+    """Figure 4 of the paper: held-out loss vs training step, single runs and the merge of same-step checkpoints.
+
+    Needs a run trained with keep_checkpoint_steps. Writes OUT/steps.{png,csv,json},
+    OUT/recipes/step-N.yml and the merges OUT/merged/step-N/ (reused on a rerun).
+    """
+    from sftmerge.eval.steps import step_curves, steps_line
+
+    if limit < 1:
+        raise SftmergeError(f"--limit must be at least 1 (got {limit})")
+    if not Path(run).is_dir():
+        raise SftmergeError(f"run folder {run} not found")
+    target = Path(out) if out else Path(run) / "steps"
+    record = step_curves(Path(run), target, method, limit, seed)
+    click.echo(steps_line(record))
+    click.echo(f"wrote {target}/steps.{{png,csv,json}}")

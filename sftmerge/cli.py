@@ -62,6 +62,7 @@ LAZY = {
     "eval": ("sftmerge.eval.cli:eval_command", "Evaluate models on arith, GSM8K, HumanEval, MBPP and AlpacaEval."),
     "card": ("sftmerge.card:card_command", "(Re)write the Hugging Face model card of a merged model folder."),
     "push": ("sftmerge.hub:push_command", "Upload a finished merge to the Hugging Face Hub (--dry-run lists it)."),
+    "demo": ("sftmerge.demo_cli:demo_command", "The main job end to end: train K orders, merge, evaluate, REPORT.md."),
     "recipe": ("sftmerge.hub:recipe_group", "Recipes on the Hub: pull a shared merge's recipe into recipes/."),
 }
 

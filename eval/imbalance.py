@@ -1,0 +1,168 @@
+"""Training-imbalance diagnostics (arXiv 2410.03743, figures 1 and 3) from a run folder.
+
+Figure 1 (`position.png`, `position.csv`): each order's final per-sample loss against
+the sample's position in that order's first epoch, with binned means and Spearman's rho.
+Figure 3 (`anchor.png`, `anchor.csv`): on the x axis one anchor order's first-epoch
+positions; plotted are every sub-model's and every merged model's loss on those samples.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from sftmerge.errors import SftmergeError
+from sftmerge.fsutil import write_json
+
+
+def order_losses(run: Path) -> Dict[str, List[Dict]]:
+    """{"order-k": rows of RUN/order-k/sample_losses.jsonl sorted by sample index}, in k order."""
+    folders = sorted((p for p in Path(run).glob("order-*") if (p / "sample_losses.jsonl").is_file()),
+                     key=lambda p: int(p.name.split("-")[1]))
+    if not folders:
+        raise SftmergeError(f"{run} has no finished orders (order-*/sample_losses.jsonl)")
+    out = {}
+    for f in folders:
+        rows = [json.loads(line) for line in (f / "sample_losses.jsonl").read_text(encoding="utf-8").splitlines()]
+        out[f.name] = sorted(rows, key=lambda r: r["sample"])
+    return out
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> Dict:
+    from scipy.stats import spearmanr
+
+    res = spearmanr(x, y)
+    return {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": len(x)}
+
+
+def binned_means(x: Sequence[float], y: Sequence[float], bins: int) -> List[tuple]:
+    """(bin centre, mean y, count) over `bins` equal-width bins of x (empty bins left out)."""
+    lo, hi = min(x), max(x)
+    width = (hi - lo) / bins or 1.0
+    sums: Dict[int, List[float]] = {}
+    for xi, yi in zip(x, y):
+        b = min(int((xi - lo) / width), bins - 1)
+        sums.setdefault(b, []).append(yi)
+    return [(lo + (b + 0.5) * width, sum(v) / len(v), len(v)) for b, v in sorted(sums.items())]
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_position(losses: Dict[str, List[Dict]], out: Path, run_name: str, bins: int = 10) -> Dict:
+    """Figure 1: loss against first-epoch position per order; returns Spearman per order."""
+    plt = _pyplot()
+    stats = {}
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    csv_rows = []
+    for i, (name, rows) in enumerate(losses.items()):
+        x = [r["position"] for r in rows]
+        y = [r["loss"] for r in rows]
+        stats[name] = spearman(x, y)
+        c = colors[i % len(colors)]
+        ax.scatter(x, y, s=8, alpha=0.3, color=c)
+        means = binned_means(x, y, bins)
+        s = stats[name]
+        ax.plot([m[0] for m in means], [m[1] for m in means], "-o", color=c, ms=4,
+                label=f"{name} (binned mean; Spearman rho={s['rho']:+.2f}, p={s['p_value']:.2g})")
+        csv_rows += [(name, r["sample"], r["id"], r["position"], r["loss"]) for r in rows]
+    ax.set_xlabel("position in the first epoch (0 = trained first)")
+    ax.set_ylabel("final loss on the sample (mean NLL per response token)")
+    ax.set_title(f"{run_name}: final loss vs first-epoch position", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    _save(fig, out / "position.png")
+    _write_csv(out / "position.csv", ("model", "sample", "id", "position", "loss"), csv_rows)
+    write_json(out / "spearman.json", stats)
+    _write_csv(out / "spearman.csv", ("model", "rho", "p_value", "n"),
+               [(k, v["rho"], v["p_value"], v["n"]) for k, v in stats.items()])
+    return stats
+
+
+def figure_anchor(losses: Dict[str, List[Dict]], merged: Dict[str, List[float]], anchor: str, out: Path,
+                  run_name: str, bins: int = 10) -> Dict:
+    """Figure 3: every model's loss on the samples, placed at the anchor order's positions."""
+    if anchor not in losses:
+        raise SftmergeError(f"anchor {anchor} not in the run (have: {', '.join(losses)})")
+    plt = _pyplot()
+    position = [r["position"] for r in losses[anchor]]
+    series = {name: [r["loss"] for r in rows] for name, rows in losses.items()}
+    series.update(merged)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    stats = {}
+    for i, (name, y) in enumerate(series.items()):
+        if len(y) != len(position):
+            raise SftmergeError(f"{name}: {len(y)} sample losses, the run has {len(position)}")
+        stats[name] = spearman(position, y)
+        means = binned_means(position, y, bins)
+        merged_model = name in merged
+        style = "-s" if merged_model else ("-o" if name == anchor else "--o")
+        label = f"{name}{' (anchor)' if name == anchor else ''}{' (merged)' if merged_model else ''}"
+        ax.plot([m[0] for m in means], [m[1] for m in means], style, color=colors[i % len(colors)], ms=4,
+                lw=2.2 if merged_model or name == anchor else 1.2, label=f"{label}, rho={stats[name]['rho']:+.2f}")
+    ax.set_xlabel(f"position in {anchor}'s first epoch (binned, {bins} bins)")
+    ax.set_ylabel("final loss on the sample (mean NLL per response token)")
+    ax.set_title(f"{run_name}: losses along {anchor}'s data order", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    _save(fig, out / "anchor.png")
+    names = list(series)
+    ids = [r["id"] for r in losses[anchor]]
+    _write_csv(out / "anchor.csv", ("sample", "id", f"{anchor}_position", *names),
+               [(i, ids[i], position[i], *(series[n][i] for n in names)) for i in range(len(position))])
+    return stats
+
+
+def merged_losses(run: Path, merged_dirs: Sequence[str], batch_size: int = 16) -> Dict[str, List[float]]:
+    """Per-sample training losses of merged models, computed as training computes them."""
+    if not merged_dirs:
+        return {}
+    from sftmerge.train.prepared import prepared_dataset, run_config
+    from sftmerge.train.sft import sample_losses
+
+    for d in merged_dirs:
+        if not (Path(d) / "config.json").is_file():
+            raise SftmergeError(f"merged model {d} is not a model folder (no config.json)")
+    _, dataset = prepared_dataset(run_config(run))
+    return {Path(d).name: [r["loss"] for r in sample_losses(Path(d), dataset, batch_size)] for d in merged_dirs}
+
+
+def imbalance(run: Path, merged_dirs: Sequence[str], out: Path, anchor: Optional[str] = None,
+              bins: int = 10) -> Dict:
+    """Write figures 1 and 3 (+ CSVs, spearman.{json,csv}) to OUT; returns the statistics."""
+    losses = order_losses(run)
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(run).resolve().name
+    stats = {"position": figure_position(losses, out, name, bins)}
+    merged = merged_losses(run, merged_dirs)
+    stats["anchor"] = figure_anchor(losses, merged, anchor or next(iter(losses)), out, name, bins)
+    write_json(out / "imbalance.json", {"run": str(run), "merged": list(merged_dirs), "bins": bins, **stats})
+    return stats

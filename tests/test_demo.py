@@ -1,0 +1,78 @@
+"""The whole demo pipeline at a tiny size: tiny random Llama, 2 orders of 3 steps, 4 problems per model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sftmerge.cli import main
+from sftmerge.demo import MERGES
+
+MODELS = ["order-0", "order-1", *MERGES]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tiny_chat_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    config = tmp / "tiny.yaml"
+    config.write_text(yaml.safe_dump(dict(
+        base=str(tiny_chat_model), data="arith", num_samples=12, output_dir=str(tmp / "run"), orders=2,
+        num_train_epochs=1, per_device_train_batch_size=4, learning_rate=1e-3, save_steps=50, logging_steps=1,
+        max_length=128)))
+    args = ["demo", "--config", str(config), "--limit", "4", "--max-new-tokens", "8", "--backend", "hf",
+            "--batch-size", "4"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    return tmp / "run", first.output, again.output
+
+
+def test_demo_writes_merges_results_plots_and_report(demo_run):
+    from transformers import AutoModelForCausalLM
+
+    run, out, _ = demo_run
+    for m in MERGES:
+        assert (run / "merged" / m / "mergekit_config.yml").is_file(), m  # written by the stock mergekit-yaml
+        AutoModelForCausalLM.from_pretrained(run / "merged" / m)
+    for m in MODELS:
+        doc = json.loads((run / "eval" / m / "arith.json").read_text())
+        assert doc["n"] == 4 and 0 <= doc["metrics"]["exact_match"]["value"] <= 1
+        assert math.isfinite(doc["metrics"]["loss"]["value"])
+    for png in ("imbalance/position.png", "imbalance/anchor.png", "eval/summary.png"):
+        assert (run / png).stat().st_size > 1000, png
+    report = (run / "REPORT.md").read_text()
+    for m in MODELS:
+        assert sum(line.startswith(f"| {m} | ") for line in report.splitlines()) >= 1, m
+    for png in ("imbalance/position.png", "imbalance/anchor.png", "eval/summary.png"):
+        assert f"]({png})" in report
+    assert "merge_method: param_select" in report and "## Machine" in report
+    stages = json.loads((run / "stages.json").read_text())
+    assert list(stages) == ["base", "train", "merge", "eval", "imbalance", "report"]
+    assert "[6/6] report" in out
+
+
+def test_paired_comparisons_cover_every_pair_and_match_the_samples(demo_run):
+    run = demo_run[0]
+    rows = json.loads((run / "paired.json").read_text())
+    pairs = {(r["a"], r["b"]) for r in rows}
+    expected = {(m, s) for m in MERGES for s in ("order-0", "order-1")}
+    expected |= {(a, b) for i, a in enumerate(MERGES) for b in MERGES[i + 1:]}
+    assert pairs == expected and len(rows) == 2 * len(expected)
+    r = next(r for r in rows if (r["a"], r["b"]) == ("select", "order-0") and r["metric"] == "held-out loss")
+    load = lambda m: {s["id"]: s["loss"] for s in map(json.loads, (run / "eval" / m / "arith.samples.jsonl").open())}
+    a, b = load("select"), load("order-0")
+    assert r["diff"] == pytest.approx(sum(a[i] - b[i] for i in a) / len(a))
+    assert r["ci95"][0] <= r["diff"] <= r["ci95"][1]
+
+
+def test_rerun_skips_finished_stages(demo_run):
+    _, _, again = demo_run
+    assert "train: 0 new, 2 already there" in again
+    assert "merge: 0 new, 4 already there" in again
+    assert "eval: 0 evaluated, 6 already there" in again
+    assert "imbalance: already there" in again
