@@ -7,7 +7,7 @@ EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sftmerge-installed
 
-.PHONY: setup test quickstart bench-merge train bench-train eval clean
+.PHONY: setup test quickstart bench-merge train bench-train eval clean paft
 
 setup: $(STAMP)
 
@@ -68,3 +68,13 @@ DATA_DIR ?=
 EVAL_FLAGS ?=
 eval: setup
 	$(BIN)/sftmerge eval --run $(RUN) --tasks $(TASKS) --out $(RESULTS) $(if $(LIMIT),--limit $(LIMIT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(EVAL_FLAGS)
+
+# PAFT (docs/paft.md) on the embedded default: plain SFT, L1 SFT, DPO, SFT->DPO, the TIES and
+# task-arithmetic merges, arith evaluation and delta sparsity -> $(PAFT_OUT)/report.md.
+# A rerun skips finished steps. Optional: PAFT_L1, PAFT_LIMIT (arith test problems).
+PAFT_OUT ?= runs/paft
+PAFT_L1 ?= 1e-4
+PAFT_LIMIT ?=
+paft: setup
+	@if [ "$(BASE)" = "$(DEFAULT_BASE)" ]; then $(BIN)/sftmerge base smollm2 --out $(BASE); fi
+	$(BIN)/sftmerge train paft --base $(BASE) --l1 $(PAFT_L1) --out $(PAFT_OUT) $(if $(PAFT_LIMIT),--eval-limit $(PAFT_LIMIT))
