@@ -73,13 +73,17 @@ def recipe(method: str, base: str, models: Sequence[str], seed: int = DEFAULT_SE
 def render(method: str, base: str, models: Sequence[str], seed: int = DEFAULT_SEED,
            made_by: str = "", path: str = "THIS.yml") -> str:
     """YAML text with a header comment saying what the recipe does and expects."""
-    lines = [f"# {line}" if line else "#" for line in _HEADERS[method].splitlines()]
-    lines.append(f"# Expects: base {base}; sub-models {', '.join(models)}.")
+    return _commented(_HEADERS[method], f"base {base}; sub-models {', '.join(models)}", made_by, path,
+                      recipe(method, base, models, seed))
+
+
+def _commented(header: str, expects: str, made_by: str, path: str, body: Dict) -> str:
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    lines.append(f"# Expects: {expects}.")
     if made_by:
         lines.append(f"# {made_by}")
     lines.append(f"# Run: mergekit-yaml {path} OUT/   (or: sftmerge merge {path} OUT/)")
-    body = yaml.safe_dump(recipe(method, base, models, seed), sort_keys=False)
-    return "\n".join(lines) + "\n" + body
+    return "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False)
 
 
 def write_recipe_set(folder: Path, base: str, models: Sequence[str], seed: int = DEFAULT_SEED,
@@ -87,13 +91,18 @@ def write_recipe_set(folder: Path, base: str, models: Sequence[str], seed: int =
                      shown_as: str | None = None) -> Dict[str, Path]:
     """Write one recipe per method into `folder`; `shown_as` is the folder's final path
     for the "Run:" line when `folder` is a temporary location."""
+    return _write_all(folder, methods, lambda m, shown: render(m, base, models, seed, made_by, shown), shown_as)
+
+
+def _write_all(folder: Path, methods: Sequence[str], render_one, shown_as: str | None) -> Dict[str, Path]:
+    """`folder/<method>.yml` = render_one(method, the path shown in its "Run:" line)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     for method in methods:
         path = folder / f"{method}.yml"
         shown = f"{shown_as}/{path.name}" if shown_as else str(path)
-        path.write_text(render(method, base, models, seed, made_by, shown), encoding="utf-8")
+        path.write_text(render_one(method, shown), encoding="utf-8")
         written[method] = path
     return written
 
@@ -151,22 +160,10 @@ def paft_recipe(method: str, base: str, sft: str, dpo: str) -> Dict:
 
 
 def render_paft(method: str, base: str, sft: str, dpo: str, made_by: str = "", path: str = "THIS.yml") -> str:
-    lines = [f"# {line}" for line in _PAFT_HEADERS[method].splitlines()]
-    lines.append(f"# Expects: base {base}; SFT (L1) {sft}; DPO {dpo}.")
-    if made_by:
-        lines.append(f"# {made_by}")
-    lines.append(f"# Run: mergekit-yaml {path} OUT/   (or: sftmerge merge {path} OUT/)")
-    return "\n".join(lines) + "\n" + yaml.safe_dump(paft_recipe(method, base, sft, dpo), sort_keys=False)
+    return _commented(_PAFT_HEADERS[method], f"base {base}; SFT (L1) {sft}; DPO {dpo}", made_by, path,
+                      paft_recipe(method, base, sft, dpo))
 
 
 def write_paft_recipes(folder: Path, base: str, sft: str, dpo: str, made_by: str = "",
                        shown_as: str | None = None) -> Dict[str, Path]:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for method in PAFT_METHODS:
-        path = folder / f"{method}.yml"
-        shown = f"{shown_as}/{path.name}" if shown_as else str(path)
-        path.write_text(render_paft(method, base, sft, dpo, made_by, shown), encoding="utf-8")
-        written[method] = path
-    return written
+    return _write_all(folder, PAFT_METHODS, lambda m, shown: render_paft(m, base, sft, dpo, made_by, shown), shown_as)

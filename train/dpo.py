@@ -21,46 +21,25 @@ from sftmerge.preference import load_preferences, to_dpo_dataset
 from sftmerge.train.base import base_dtype, check_base
 from sftmerge.train.config import dump_config
 from sftmerge.train.dpo_config import DPORunConfig
-from sftmerge.train.sft import resolve_precision, save_hf_folder, weights_fingerprint
+from sftmerge.train.sft import common_trainer_args, resolve_precision, save_hf_folder, weights_fingerprint
 
 SUMMARY = "summary.json"
 
 
-def _common_args(config: DPORunConfig, work: Path, precision: str) -> Dict:
-    return dict(
-        output_dir=str(work / "trainer"),
-        num_train_epochs=config.num_train_epochs,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        optim=config.optim,
-        max_length=config.max_length,
-        beta=config.beta,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        logging_steps=config.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=not torch.cuda.is_available(),
-    )
+def _args(config: DPORunConfig, work: Path, precision: str) -> Dict:
+    return dict(common_trainer_args(config, work / "trainer", precision), beta=config.beta, save_strategy="no")
 
 
 def _trainer(config: DPORunConfig, model, tokenizer, dataset, work: Path, precision: str):
     if config.loss == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        return ORPOTrainer(model=model, args=ORPOConfig(**_common_args(config, work, precision)),
+        return ORPOTrainer(model=model, args=ORPOConfig(**_args(config, work, precision)),
                            train_dataset=dataset, processing_class=tokenizer)
     from trl import DPOConfig, DPOTrainer
 
     # ref_model None: TRL keeps a frozen copy of the starting weights (= the base) as the reference.
-    return DPOTrainer(model=model, args=DPOConfig(**_common_args(config, work, precision)),
+    return DPOTrainer(model=model, args=DPOConfig(**_args(config, work, precision)),
                       train_dataset=dataset, processing_class=tokenizer)
 
 

@@ -206,10 +206,9 @@ def _trainer_class():
     return OrderedSFTTrainer, Snapshots
 
 
-def sft_args(config: SFTRunConfig, output_dir: Path, precision: str):
-    from trl import SFTConfig
-
-    return SFTConfig(
+def common_trainer_args(config, output_dir: Path, precision: str) -> Dict:
+    """The TRL/transformers arguments that sftmerge's run configs (SFT, DPO) share, by the same names."""
+    return dict(
         output_dir=str(output_dir),
         num_train_epochs=config.num_train_epochs,
         per_device_train_batch_size=config.per_device_train_batch_size,
@@ -225,15 +224,23 @@ def sft_args(config: SFTRunConfig, output_dir: Path, precision: str):
         data_seed=config.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=config.gradient_checkpointing,
         logging_steps=config.logging_steps,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def sft_args(config: SFTRunConfig, output_dir: Path, precision: str):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **common_trainer_args(config, output_dir, precision),
+        gradient_checkpointing=config.gradient_checkpointing,
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=1,
         completion_only_loss=True,
         packing=False,
-        report_to="none",
-        use_cpu=not torch.cuda.is_available(),
         **config.sft_args,
     )
 
