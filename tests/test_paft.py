@@ -43,15 +43,16 @@ def tiny_bf16_base(tmp_path_factory):
 
 
 def sft_config(base, **kw) -> SFTRunConfig:
-    d = dict(base=str(base), data="arith", num_samples=8, orders=1, num_train_epochs=1, per_device_train_batch_size=4,
-             learning_rate=1e-3, save_steps=50, logging_steps=1, max_length=96)
+    # lr near half a bf16 step of typical weights: plain SFT drifts past it over 8 steps, the L1 run stays near the base
+    d = dict(base=str(base), data="arith", num_samples=16, orders=1, num_train_epochs=2, per_device_train_batch_size=4,
+             learning_rate=1e-4, save_steps=50, logging_steps=1, max_length=128)
     d.update(kw)
     return SFTRunConfig(**d)
 
 
 def dpo_config(base, **kw) -> DPORunConfig:
     d = dict(base=str(base), data="arith", num_samples=8, per_device_train_batch_size=4, learning_rate=1e-3,
-             logging_steps=1, max_length=96)
+             logging_steps=1, max_length=128)
     d.update(kw)
     return DPORunConfig(**d)
 
@@ -79,10 +80,14 @@ def test_l1_delta_is_sparser_than_plain_at_the_same_steps(pipeline, tiny_bf16_ba
     out = pipeline[0]
     plain, sparse = out / "sft" / "order-0", out / "sft-l1" / "order-0"
     s_plain, s_l1 = (json.loads((f / "summary.json").read_text()) for f in (plain, sparse))
-    assert s_plain["steps"] == s_l1["steps"] == 2 and s_l1["l1"] == L1 and s_plain["l1"] == 0
-    z_plain = delta_sparsity(plain, tiny_bf16_base, 0)[OVERALL]
-    z_l1 = delta_sparsity(sparse, tiny_bf16_base, 0)[OVERALL]
-    assert z_l1.zero / z_l1.elements > z_plain.zero / z_plain.elements + 0.2
+    assert s_l1["l1"] == L1 and s_plain["l1"] == 0
+    def zero_fraction(folder):  # over the transformer blocks (unused embedding rows are unchanged in both)
+        counts = delta_sparsity(folder, tiny_bf16_base, 0)
+        blocks = [c for t, c in counts.items() if t not in (OVERALL, "embed_tokens")]
+        return sum(c.zero for c in blocks) / sum(c.elements for c in blocks)
+
+    assert s_plain["steps"] == s_l1["steps"] == 8
+    assert zero_fraction(sparse) > zero_fraction(plain) + 0.1
     log = [json.loads(x) for x in (sparse / "train_log.jsonl").read_text().splitlines()]
     assert any(r.get("l1_penalty", 0) > 0 for r in log)  # the penalty was part of the loss
 

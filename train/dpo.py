@@ -38,7 +38,7 @@ def _trainer(config: DPORunConfig, model, tokenizer, dataset, work: Path, precis
                            train_dataset=dataset, processing_class=tokenizer)
     from trl import DPOConfig, DPOTrainer
 
-    # ref_model None: TRL keeps a frozen copy of the starting weights (= the base) as the reference.
+    # ref_model None: TRL loads the starting model again from its folder as the frozen reference.
     return DPOTrainer(model=model, args=DPOConfig(**_args(config, work, precision)),
                       train_dataset=dataset, processing_class=tokenizer)
 

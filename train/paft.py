@@ -120,15 +120,12 @@ def run_paft(sft: SFTRunConfig, dpo: DPORunConfig, l1: float, out: str, eval_lim
              max_new_tokens: Optional[int] = None, tolerance: float = 1e-6,
              echo: Callable[[str], None] = print) -> str:
     """Train, merge, evaluate and tabulate; returns the report's markdown (also OUT/report.md)."""
-    from sftmerge.merging import check_same_start
-
     out = Path(out)
     base = sft.base
     if dpo.base != base:
         raise SftmergeError(f"the SFT config's base {base} and the DPO config's base {dpo.base} differ; "
                             "PAFT trains both from the same base")
     train_all(sft, dpo, l1, out, echo)
-    check_same_start([f"{out}/sft/order-0", f"{out}/sft-l1/order-0", f"{out}/dpo"])
     merge_all(base, out, echo)
     models = _labelled_models(out, base)
     results = evaluate_all(models, out, eval_limit, max_new_tokens, echo)
