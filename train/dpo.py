@@ -60,7 +60,7 @@ def run_dpo(config: DPORunConfig, overwrite: bool = False, echo: Callable[[str],
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(config.base, dtype=torch.float32)
     fingerprint = weights_fingerprint(model)
-    with atomic_output_dir(out, overwrite=True) as tmp:
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:  # an unfinished or foreign folder is not replaced silently
         trainer = _trainer(config, model, tokenizer, to_dpo_dataset(prefs), tmp, precision)
         t0 = time.time()
         result = trainer.train()
