@@ -7,7 +7,7 @@ EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sftmerge-installed
 
-.PHONY: setup test quickstart bench-merge train bench-train eval clean
+.PHONY: setup test quickstart bench-merge train bench-train eval clean paft
 
 setup: $(STAMP)
 
@@ -86,3 +86,13 @@ demo: setup
 REPRO_OUT ?= runs/reproduce-$(DATA)
 reproduce: setup
 	$(BIN)/sftmerge demo $(DEMO_ARGS) --data $(DATA) --out $(REPRO_OUT) $(if $(filter code,$(DATA)),--allow-code-execution)
+
+# PAFT (docs/paft.md) on the embedded default: plain SFT, L1 SFT, DPO, SFT->DPO, the TIES and
+# task-arithmetic merges, arith evaluation and delta sparsity -> $(PAFT_OUT)/report.md.
+# A rerun skips finished steps. Optional: PAFT_L1, PAFT_LIMIT (arith test problems).
+PAFT_OUT ?= runs/paft
+PAFT_L1 ?= 1e-4
+PAFT_LIMIT ?=
+paft: setup
+	@if [ "$(BASE)" = "$(DEFAULT_BASE)" ]; then $(BIN)/sftmerge base smollm2 --out $(BASE); fi
+	$(BIN)/sftmerge train paft --base $(BASE) --l1 $(PAFT_L1) --out $(PAFT_OUT) $(if $(PAFT_LIMIT),--eval-limit $(PAFT_LIMIT))

@@ -58,7 +58,7 @@ LAZY = {
     "merge": ("sftmerge.merge_cli:merge", "Validate a mergekit recipe strictly, then merge it (writes merge_report.json)."),
     "analyze": ("sftmerge.eval.analyze:analyze", "Diagnostics: delta sparsity, training imbalance."),
     "base": ("sftmerge.train.cli:base", "Write the embedded default base model (SmolLM2-135M-Instruct) as an HF folder."),
-    "train": ("sftmerge.train.cli:train", "Multi-order SFT: K runs identical except the data order."),
+    "train": ("sftmerge.train.cli:train", "Training: multi-order SFT (optionally L1-sparse), DPO/ORPO, the PAFT pipeline."),
     "eval": ("sftmerge.eval.cli:eval_command", "Evaluate models on arith, GSM8K, HumanEval, MBPP and AlpacaEval."),
     "card": ("sftmerge.card:card_command", "(Re)write the Hugging Face model card of a merged model folder."),
     "push": ("sftmerge.hub:push_command", "Upload a finished merge to the Hugging Face Hub (--dry-run lists it)."),

@@ -142,6 +142,23 @@ def validate_recipe(recipe: Recipe) -> None:
     for p in paths:
         _check_model_exists(p)
     _check_compatible(paths)
+    check_same_start([m for m, _, _ in inputs])
+
+
+def check_same_start(models: List[str]) -> None:
+    """Deltas of different bases do not add up: sftmerge runs (SFT orders, DPO) record a hash of
+    their starting weights in summary.json, and those must agree."""
+    seen = {}
+    for m in models:
+        summary = Path(m) / "summary.json"
+        if summary.is_file():
+            fp = json.loads(summary.read_text()).get("initial_weights_fingerprint")
+            if fp:
+                seen[m] = fp
+    if len(set(seen.values())) > 1:
+        said = ", ".join(f"{m} from {fp[:12]}" for m, fp in seen.items())
+        raise SftmergeError(f"the models were trained from different base weights ({said}); "
+                            "their deltas cannot be merged over one base")
 
 
 def _closest(key: str, names) -> Optional[str]:

@@ -69,6 +69,9 @@ class SFTRunConfig:
     lora_dropout: float = 0.0
     lora_target_modules: Optional[List[str]] = None  # default: LORA_TARGETS
 
+    # --- PAFT: L1 penalty l1 * sum |theta - theta_base| over trainable parameters (0: off)
+    l1: float = 0.0
+
     # --- any other trl.SFTConfig argument, passed through unchanged
     sft_args: Optional[Dict[str, Any]] = None
 
@@ -90,6 +93,8 @@ class SFTRunConfig:
              "keep_checkpoint_steps must be at least 1"),
             (not self.sample_losses_at_checkpoints or self.keep_checkpoint_steps,
              "sample_losses_at_checkpoints needs keep_checkpoint_steps"),
+            (self.l1 >= 0, f"l1 must be >= 0 (got {self.l1})"),
+            (not (self.l1 and self.lora), "l1 penalises the full-weight delta: it needs lora: false"),
         ]
         for ok, message in checks:
             if not ok:
@@ -126,18 +131,20 @@ _RESERVED = {
 KNOWN_KEYS = tuple(f.name for f in fields(SFTRunConfig))
 
 
-def config_from_dict(raw: Dict[str, Any], where: str = "config") -> SFTRunConfig:
+def config_from_dict(raw: Dict[str, Any], where: str = "config", cls=SFTRunConfig):
+    """`cls(**raw)` (a pydantic dataclass, SFTRunConfig by default); unknown keys and bad values: one line."""
     if not isinstance(raw, dict):
-        raise SftmergeError(f"{where}: must be a YAML mapping of SFTRunConfig keys")
-    unknown = sorted(set(raw) - set(KNOWN_KEYS))
+        raise SftmergeError(f"{where}: must be a YAML mapping of {cls.__name__} keys")
+    known = tuple(f.name for f in fields(cls))
+    unknown = sorted(set(raw) - set(known))
     if unknown:
         import difflib
 
-        hints = [difflib.get_close_matches(k, KNOWN_KEYS, n=1, cutoff=0.6) for k in unknown]
+        hints = [difflib.get_close_matches(k, known, n=1, cutoff=0.6) for k in unknown]
         said = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in zip(unknown, hints))
         raise SftmergeError(f"{where}: unknown key(s) {said}")
     try:
-        return SFTRunConfig(**raw)
+        return cls(**raw)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
@@ -145,7 +152,7 @@ def config_from_dict(raw: Dict[str, Any], where: str = "config") -> SFTRunConfig
         raise SftmergeError(f"{where}: {loc + ': ' if loc else ''}{msg}") from None
 
 
-def load_config(path: str | os.PathLike, overrides: Optional[Dict[str, Any]] = None) -> SFTRunConfig:
+def load_config(path: str | os.PathLike, overrides: Optional[Dict[str, Any]] = None, cls=SFTRunConfig):
     """Read a YAML config; `overrides` (CLI options, None values ignored) win over the file."""
     path = Path(path)
     try:
@@ -157,8 +164,8 @@ def load_config(path: str | os.PathLike, overrides: Optional[Dict[str, Any]] = N
         raise SftmergeError(f"config {path} is not valid YAML{f' (line {mark.line + 1})' if mark else ''}") from None
     if isinstance(raw, dict):
         raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return config_from_dict(raw, where=f"config {path}")
+    return config_from_dict(raw, where=f"config {path}", cls=cls)
 
 
-def dump_config(config: SFTRunConfig) -> str:
+def dump_config(config) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)

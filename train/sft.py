@@ -25,6 +25,7 @@ from sftmerge.errors import SftmergeError
 from sftmerge.fsutil import write_json
 from sftmerge.train.base import base_dtype, check_base
 from sftmerge.train.config import SFTRunConfig, dump_config
+from sftmerge.train.l1 import L1Delta
 from sftmerge.train.order import EpochOrderSampler, epoch_orders, order_record
 
 SUMMARY = "summary.json"
@@ -156,12 +157,31 @@ def _trainer_class():
     class OrderedSFTTrainer(SFTTrainer):
         """SFTTrainer whose data order is a given permutation per epoch."""
 
-        def __init__(self, *a, epoch_orders: List[List[int]], **kw):
+        def __init__(self, *a, epoch_orders: List[List[int]], l1: float = 0.0, **kw):
             self._epoch_orders = epoch_orders
             super().__init__(*a, **kw)
+            self._l1 = L1Delta(self.model, l1) if l1 else None  # before any step: the base weights
 
         def _get_train_sampler(self, train_dataset=None):
             return EpochOrderSampler(self._epoch_orders)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                       num_items_in_batch=num_items_in_batch)
+            if self._l1 is None or not model.training:
+                return out
+            loss = out[0] if return_outputs else out
+            penalty = self._l1.penalty()
+            # Once per optimizer step in total: share it out when the Trainer will not divide the loss.
+            scaled = getattr(self, "loss_is_scaled_for_ga", None)
+            if scaled is None:
+                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) \
+                    or self.compute_loss_func is not None
+            if scaled:
+                penalty = penalty / self.current_gradient_accumulation_steps
+            self._metrics["train"]["l1_penalty"].append(float(penalty.detach()))
+            loss = loss + penalty
+            return (loss, out[1]) if return_outputs else loss
 
     class Snapshots(TrainerCallback):
         """Model-only snapshots in the base's dtype every `every` steps (kept, unlike checkpoints)."""
@@ -186,10 +206,9 @@ def _trainer_class():
     return OrderedSFTTrainer, Snapshots
 
 
-def sft_args(config: SFTRunConfig, output_dir: Path, precision: str):
-    from trl import SFTConfig
-
-    return SFTConfig(
+def common_trainer_args(config, output_dir: Path, precision: str) -> Dict:
+    """The TRL/transformers arguments that sftmerge's run configs (SFT, DPO) share, by the same names."""
+    return dict(
         output_dir=str(output_dir),
         num_train_epochs=config.num_train_epochs,
         per_device_train_batch_size=config.per_device_train_batch_size,
@@ -205,15 +224,23 @@ def sft_args(config: SFTRunConfig, output_dir: Path, precision: str):
         data_seed=config.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        gradient_checkpointing=config.gradient_checkpointing,
         logging_steps=config.logging_steps,
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def sft_args(config: SFTRunConfig, output_dir: Path, precision: str):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **common_trainer_args(config, output_dir, precision),
+        gradient_checkpointing=config.gradient_checkpointing,
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=1,
         completion_only_loss=True,
         packing=False,
-        report_to="none",
-        use_cpu=not torch.cuda.is_available(),
         **config.sft_args,
     )
 
@@ -263,6 +290,7 @@ def train_order(config: SFTRunConfig, k: int, pairs: Sequence[Pair], run: Path,
         processing_class=tokenizer,
         peft_config=peft_config,
         epoch_orders=orders,
+        l1=config.l1,
         callbacks=list(callbacks),
     )
     if len(trainer.train_dataset) != len(pairs):
@@ -339,6 +367,7 @@ def _write_records(config, k, pairs, trainer, orders, global_batch, staged: Path
         "processes": trainer.accelerator.num_processes,
         "initial_weights_fingerprint": fingerprint,
         "lora": config.lora,
+        "l1": config.l1,
     }
     write_json(staged / SUMMARY, summary)
 
@@ -361,6 +390,7 @@ def prepare_run(config: SFTRunConfig) -> Path:
     if stored.is_file():
         old = yaml.safe_load(stored.read_text(encoding="utf-8")) or {}
         old.pop("orders", None)
+        old.setdefault("l1", 0.0)  # runs from before the l1 key
         new = config.identity()
         differs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if differs:

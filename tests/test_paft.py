@@ -1,0 +1,228 @@
+"""PAFT on a tiny random bf16 Llama: L1-sparse SFT, DPO/ORPO, the merge recipes, the pipeline."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from conftest import _smollm2_gguf, tool
+from sftmerge.cli import main
+from sftmerge.errors import SftmergeError
+from sftmerge.preference import load_preferences, wrong_step
+from sftmerge.train.config import SFTRunConfig, config_from_dict
+from sftmerge.train.dpo_config import DPORunConfig
+
+L1 = 0.05
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16_base(tmp_path_factory):
+    """A 2-layer random Llama stored in bf16 (as the real base), SmolLM2's tokenizer and chat template."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder, name = _smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    out = tmp_path_factory.mktemp("paft-tiny") / "base"
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def sft_config(base, **kw) -> SFTRunConfig:
+    # lr near half a bf16 step of typical weights: plain SFT drifts past it over 8 steps, the L1 run stays near the base
+    d = dict(base=str(base), data="arith", num_samples=16, orders=1, num_train_epochs=2, per_device_train_batch_size=4,
+             learning_rate=1e-4, save_steps=50, logging_steps=1, max_length=128)
+    d.update(kw)
+    return SFTRunConfig(**d)
+
+
+def dpo_config(base, **kw) -> DPORunConfig:
+    d = dict(base=str(base), data="arith", num_samples=8, per_device_train_batch_size=4, learning_rate=1e-3,
+             logging_steps=1, max_length=128)
+    d.update(kw)
+    return DPORunConfig(**d)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_bf16_base, tmp_path_factory):
+    from sftmerge.train.paft import run_paft
+
+    out = tmp_path_factory.mktemp("paft") / "run"
+    lines = []
+    md = run_paft(sft_config(tiny_bf16_base), dpo_config(tiny_bf16_base), L1, str(out), eval_limit=4,
+                  max_new_tokens=8, echo=lines.append)
+    return out, tiny_bf16_base, md, lines
+
+
+def weights(folder) -> dict:
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+# ---------------------------------------------------------------- training
+
+def test_l1_delta_is_sparser_than_plain_at_the_same_steps(pipeline, tiny_bf16_base):
+    from sftmerge.eval.sparsity import OVERALL, delta_sparsity
+
+    out = pipeline[0]
+    plain, sparse = out / "sft" / "order-0", out / "sft-l1" / "order-0"
+    s_plain, s_l1 = (json.loads((f / "summary.json").read_text()) for f in (plain, sparse))
+    assert s_l1["l1"] == L1 and s_plain["l1"] == 0
+    def zero_fraction(folder):  # over the transformer blocks (unused embedding rows are unchanged in both)
+        counts = delta_sparsity(folder, tiny_bf16_base, 0)
+        blocks = [c for t, c in counts.items() if t not in (OVERALL, "embed_tokens")]
+        return sum(c.zero for c in blocks) / sum(c.elements for c in blocks)
+
+    assert s_plain["steps"] == s_l1["steps"] == 8
+    assert zero_fraction(sparse) > zero_fraction(plain) + 0.1
+    log = [json.loads(x) for x in (sparse / "train_log.jsonl").read_text().splitlines()]
+    assert any(r.get("l1_penalty", 0) > 0 for r in log)  # the penalty was part of the loss
+
+
+def test_dpo_runs_and_saves_a_complete_folder(pipeline, tiny_bf16_base):
+    from transformers import AutoTokenizer
+
+    folder = pipeline[0] / "dpo"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "config.yaml",
+                 "train_log.jsonl", "summary.json"):
+        assert (folder / name).is_file(), name
+    w, wb = weights(folder), weights(tiny_bf16_base)
+    assert set(w) == set(wb) and all(t.dtype == torch.bfloat16 for t in w.values())
+    assert any(not torch.equal(w[k], wb[k]) for k in w)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["loss_type"] == "dpo" and summary["steps"] == 2 and summary["final_reward_margin"] is not None
+    assert yaml.safe_load((folder / "config.yaml").read_text())["data_seed"] == 0
+    assert "<|im_start|>assistant" in AutoTokenizer.from_pretrained(folder).apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    sequential = json.loads((pipeline[0] / "sft-dpo" / "summary.json").read_text())
+    assert sequential["base"].endswith("sft/order-0")
+    assert sequential["initial_weights_fingerprint"] != summary["initial_weights_fingerprint"]
+
+
+def test_orpo_on_local_jsonl(tiny_bf16_base, tmp_path):
+    from sftmerge.train.dpo import run_dpo
+
+    data = tmp_path / "prefs.jsonl"
+    rows = [{"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}", "rejected": f"{2 * i + 1}"} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "orpo"
+    run_dpo(dpo_config(tiny_bf16_base, data=f"jsonl:{data}", loss="orpo", output_dir=str(out)), echo=lambda s: None)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["loss_type"] == "orpo" and summary["pairs"] == 4 and summary["steps"] == 1
+    assert any(not torch.equal(a, b) for a, b in zip(weights(out).values(), weights(tiny_bf16_base).values()))
+
+
+# ---------------------------------------------------------------- merge and report
+
+def test_paft_recipe_merges_with_stock_mergekit(pipeline, tmp_path, clean_env):
+    out = pipeline[0]
+    recipe = out / "recipes" / "paft.yml"
+    proc = subprocess.run([tool("mergekit-yaml"), str(recipe), str(tmp_path / "m")], capture_output=True, text=True,
+                          env=clean_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    merged, base = weights(tmp_path / "m"), weights(out / "merged" / "paft")
+    assert all(torch.equal(merged[k], base[k]) for k in merged)  # the pipeline's merge is the same recipe
+    # Where the L1-SFT delta is exactly zero, TIES adds the DPO delta whole (density 1.0, normalised by its own weight).
+    wb, ws, wd = weights(pipeline[1]), weights(out / "sft-l1" / "order-0"), weights(out / "dpo")
+    key = "model.layers.0.mlp.down_proj.weight"
+    only_dpo = (ws[key] == wb[key]) & (wd[key] != wb[key])
+    assert int(only_dpo.sum()) > 100
+    assert torch.allclose(merged[key][only_dpo].float(), wd[key][only_dpo].float(), rtol=1e-2, atol=1e-3)
+    both = (ws[key] != wb[key]) & (wd[key] != wb[key])
+    assert not torch.equal(merged[key][both], wd[key][both])  # there the SFT delta counts too
+
+
+def test_report_has_every_model_with_intervals_and_sparsity(pipeline):
+    out, _, md, _ = pipeline
+    report = json.loads((out / "report.json").read_text())
+    labels = ["base", "sft", "sft-l1", "dpo", "sft-dpo", "paft", "paft_task_arithmetic"]
+    assert list(report["arith"]) == labels and set(report["n"].values()) == {4}
+    for label in labels:
+        em = report["arith"][label]["exact_match"]
+        assert em["ci95"][0] <= em["value"] <= em["ci95"][1]
+        assert label in md
+    assert set(report["sparsity"]) == set(labels) - {"base"}
+    assert report["sparsity"]["sft-l1"]["fraction_zero"] > report["sparsity"]["sft"]["fraction_zero"]
+    assert (out / "sparsity" / "sparsity.md").is_file() and "| sft-l1 |" in md
+
+
+def test_pipeline_rerun_skips_finished_steps(pipeline, tiny_bf16_base):
+    from sftmerge.train.paft import run_paft
+
+    out = pipeline[0]
+    before = (out / "dpo" / "model.safetensors").stat().st_mtime_ns
+    lines = []
+    run_paft(sft_config(tiny_bf16_base), dpo_config(tiny_bf16_base), L1, str(out), eval_limit=4, max_new_tokens=8,
+             echo=lines.append)
+    assert (out / "dpo" / "model.safetensors").stat().st_mtime_ns == before
+    assert sum("already" in ln or "skipped" in ln for ln in lines) >= 6
+
+
+# ---------------------------------------------------------------- data and errors
+
+def test_arith_rejected_has_one_wrong_step_and_a_wrong_answer():
+    from sftmerge.data import extract_answer
+
+    prefs = load_preferences("arith", limit=50, seed=3)
+    assert prefs == load_preferences("arith", limit=50, seed=3)  # seeded
+    for p in prefs:
+        assert extract_answer(p.rejected, strict=True) != extract_answer(p.chosen, strict=True)
+        good, bad = p.chosen.split(". "), p.rejected.split(". ")
+        first = next(i for i, (a, b) in enumerate(zip(good, bad)) if a != b)
+        assert good[:first] == bad[:first]  # identical up to the wrong step
+    variants = {wrong_step("2 * 3 = 6. 10 + 6 = 16.\n#### 16", random.Random(s)) for s in range(20)}
+    assert len(variants) > 3
+    for v in variants:  # exactly one step result wrong, the final answer wrong
+        assert not v.endswith("#### 16")
+        assert sum(a != b for a, b in zip(re.findall(r"= (-?\d+)", v), ["6", "16"])) == 1
+
+
+def test_preference_data_errors(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "chosen": "c"}) + "\n")
+    with pytest.raises(SftmergeError, match="record 1: missing field\\(s\\) rejected"):
+        load_preferences(f"jsonl:{bad}")
+    with pytest.raises(SftmergeError, match="does not exist"):
+        load_preferences(f"jsonl:{tmp_path / 'none.jsonl'}")
+    with pytest.raises(SftmergeError, match="unknown preference data"):
+        load_preferences("hh-rlhf")
+
+
+def test_negative_l1_and_unknown_dpo_keys_are_one_line_errors(tiny_bf16_base, tmp_path):
+    runner = CliRunner()
+    sft_yaml = tmp_path / "s.yaml"
+    sft_yaml.write_text(f"base: {tiny_bf16_base}\noutput_dir: {tmp_path / 'run'}\n")
+    r = runner.invoke(main, ["train", "sft", str(sft_yaml), "--l1", "-0.1"])
+    assert r.exit_code == 1 and r.output.startswith("error: config ") and r.output.count("\n") == 1
+    assert "l1 must be >= 0 (got -0.1)" in r.output
+    dpo_yaml = tmp_path / "d.yaml"
+    dpo_yaml.write_text(f"base: {tiny_bf16_base}\nbeta_: 0.1\noutput_dir: {tmp_path / 'dpo'}\n")
+    r = runner.invoke(main, ["train", "dpo", str(dpo_yaml)])
+    assert r.exit_code == 1 and "unknown key(s) 'beta_' (did you mean 'beta'?)" in r.output
+    assert r.output.count("\n") == 1
+    with pytest.raises(SftmergeError, match="needs lora: false"):
+        config_from_dict({"l1": 0.1, "lora": True})
+    assert not (tmp_path / "run").exists() and not (tmp_path / "dpo").exists()
+
+
+def test_merge_of_runs_from_different_bases_is_refused(pipeline, tmp_path):
+    out = pipeline[0]
+    text = (out / "recipes" / "paft.yml").read_text().replace(f"{out}/dpo", f"{out}/sft-dpo")
+    recipe = tmp_path / "mixed.yml"
+    recipe.write_text(text)
+    r = CliRunner().invoke(main, ["merge", str(recipe), str(tmp_path / "m")])
+    assert r.exit_code == 1 and "trained from different base weights" in r.output and r.output.count("\n") == 1
+    assert not (tmp_path / "m").exists()

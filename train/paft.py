@@ -1,0 +1,141 @@
+"""The PAFT pipeline (arXiv 2406.17923) next to its usual baseline, on one base:
+
+    sft/order-0         plain SFT                       (sftmerge train sft)
+    sft-l1/order-0      SFT with the L1 delta penalty   (sftmerge train sft --l1)
+    dpo                 DPO from the base               (sftmerge train dpo), independent of SFT
+    sft-dpo             DPO from the plain SFT model    (the usual sequential pipeline)
+    merged/paft         base + sparse SFT + DPO, TIES   (recipes/paft.yml over these folders)
+    merged/paft_task_arithmetic
+
+then `sftmerge eval`'s arith task (exact match, held-out loss, 95% intervals) for each,
+the delta sparsity against the base (`sftmerge analyze sparsity`), and OUT/report.md.
+Every step skips what a previous invocation finished, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from sftmerge.errors import SftmergeError
+from sftmerge.fsutil import write_json, write_text
+from sftmerge.train.config import SFTRunConfig
+from sftmerge.train.dpo_config import DPORunConfig
+
+MERGES = ("paft", "paft_task_arithmetic")
+
+
+def _labelled_models(out: Path, base: str) -> Dict[str, str]:
+    models = {"base": base, "sft": f"{out}/sft/order-0", "sft-l1": f"{out}/sft-l1/order-0",
+              "dpo": f"{out}/dpo", "sft-dpo": f"{out}/sft-dpo"}
+    models.update({m: f"{out}/merged/{m}" for m in MERGES})
+    return models
+
+
+def train_all(sft: SFTRunConfig, dpo: DPORunConfig, l1: float, out: Path, echo: Callable) -> None:
+    from sftmerge.train.dpo import run_dpo
+    from sftmerge.train.sft import run_multi_order
+
+    if l1 <= 0:
+        raise SftmergeError(f"PAFT needs an L1 strength > 0 (got {l1})")
+    base = sft.base
+    run_multi_order(replace(sft, orders=1, l1=0.0, output_dir=str(out / "sft")), echo=echo)
+    run_multi_order(replace(sft, orders=1, l1=l1, output_dir=str(out / "sft-l1")), echo=echo)
+    run_dpo(replace(dpo, base=base, output_dir=str(out / "dpo")), echo=echo)
+    run_dpo(replace(dpo, base=str(out / "sft" / "order-0"), output_dir=str(out / "sft-dpo")), echo=echo)
+
+
+def merge_all(base: str, out: Path, echo: Callable) -> None:
+    from mergekit.options import MergeOptions
+
+    from sftmerge.merging import load_recipe, run_recipe
+    from sftmerge.recipes import write_paft_recipes
+
+    recipes = write_paft_recipes(out / "recipes", base, f"{out}/sft-l1/order-0", f"{out}/dpo",
+                                 made_by=f"Made by `sftmerge train paft` for {out}.")
+    for method in MERGES:
+        target = out / "merged" / method
+        if (target / "config.json").is_file():
+            echo(f"{target}: already merged, skipped")
+            continue
+        report = run_recipe(load_recipe(recipes[method]), target, MergeOptions(copy_tokenizer=True))
+        echo(f"merged {recipes[method]} -> {target} in {report['seconds']:.1f}s")
+
+
+def evaluate_all(models: Dict[str, str], out: Path, limit: Optional[int], max_new_tokens: Optional[int],
+                 echo: Callable) -> Dict[str, Dict]:
+    """arith for every model, each into OUT/eval/<label>/ (the SFT folders share the name order-0)."""
+    from sftmerge.eval.backends import model_name, resolve_backend
+    from sftmerge.eval.runner import evaluate_models
+    from sftmerge.eval.tasks import EvalSettings
+
+    settings = EvalSettings(limit=limit, max_new_tokens=max_new_tokens)
+    backend = resolve_backend("auto")
+    results = {}
+    for label, folder in models.items():
+        path = out / "eval" / label / model_name(folder) / "arith.json"
+        if not path.is_file():
+            failures = evaluate_models([folder], ["arith"], settings, backend, out / "eval" / label, echo=echo)
+            if failures:
+                raise SftmergeError(f"evaluation of {label} failed: {failures[0]}")
+        results[label] = json.loads(path.read_text())
+    return results
+
+
+def sparsity_all(models: Dict[str, str], base: str, out: Path, tolerance: float) -> Dict[str, Dict]:
+    from sftmerge.eval.sparsity import OVERALL, delta_sparsity, write_outputs
+
+    table = {label: delta_sparsity(folder, base, tolerance) for label, folder in models.items() if label != "base"}
+    write_outputs(table, base, tolerance, out / "sparsity")
+    return {label: counts[OVERALL].as_dict() for label, counts in table.items()}
+
+
+def _cell(metric: Dict) -> str:
+    lo, hi = metric["ci95"]
+    return f"{metric['value']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def report_markdown(results: Dict[str, Dict], sparsity: Dict[str, Dict], tolerance: float) -> str:
+    n = next(iter(results.values()))["n"]
+    lines = [
+        f"arith, {n} held-out problems: exact match and held-out loss (mean per-token NLL of the reference),",
+        "value [95% interval]; delta sparsity against the base: fraction of elements exactly",
+        f"unchanged / within {tolerance:g}.",
+        "",
+        "| model | exact match | held-out loss | delta = 0 | abs(delta) <= tol |",
+        "|---|---|---|---|---|",
+    ]
+    for label, doc in results.items():
+        m = doc["metrics"]
+        sp = sparsity.get(label)
+        zero = f"{sp['fraction_zero']:.3f}" if sp else "-"
+        small = f"{sp['fraction_small']:.3f}" if sp else "-"
+        lines.append(f"| {label} | {_cell(m['exact_match'])} | {_cell(m['loss'])} | {zero} | {small} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_paft(sft: SFTRunConfig, dpo: DPORunConfig, l1: float, out: str, eval_limit: Optional[int] = None,
+             max_new_tokens: Optional[int] = None, tolerance: float = 1e-6,
+             echo: Callable[[str], None] = print) -> str:
+    """Train, merge, evaluate and tabulate; returns the report's markdown (also OUT/report.md)."""
+    out = Path(out)
+    base = sft.base
+    if dpo.base != base:
+        raise SftmergeError(f"the SFT config's base {base} and the DPO config's base {dpo.base} differ; "
+                            "PAFT trains both from the same base")
+    train_all(sft, dpo, l1, out, echo)
+    merge_all(base, out, echo)
+    models = _labelled_models(out, base)
+    results = evaluate_all(models, out, eval_limit, max_new_tokens, echo)
+    sparsity = sparsity_all(models, base, out, tolerance)
+    md = report_markdown(results, sparsity, tolerance)
+    write_text(out / "report.md", md)
+    write_json(out / "report.json", {
+        "base": base, "l1": l1, "tolerance": tolerance,
+        "arith": {label: doc["metrics"] for label, doc in results.items()},
+        "n": {label: doc["n"] for label, doc in results.items()},
+        "sparsity": sparsity,
+    })
+    return md
