@@ -11,7 +11,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from sftmerge.errors import SftmergeError
 from sftmerge.eval.backends import load_model, model_name

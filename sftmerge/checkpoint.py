@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Iterator, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, Tuple
 
 from sftmerge.errors import SftmergeError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def weight_files(folder: str | Path) -> list[Path]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import torch
 from click.testing import CliRunner
 
 from sftmerge.cli import main
