@@ -81,6 +81,14 @@ def load_model(model_dir: str, backend: str, batch_size: int, seed: int, max_len
     settings: Dict = {"backend": backend, "batch_size": batch_size}
     try:
         if backend == "vllm":
+            import os
+
+            import torch
+
+            if not torch.cuda.is_available():
+                # vLLM's CPU build sizes its KV cache from this variable (GiB); without it, it
+                # reserves a large default share of the memory.
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
             from lm_eval.models.vllm_causallms import VLLM
 
             # vLLM schedules its own batches: hand it every request at once.

@@ -94,7 +94,8 @@ def chart(t: Dict, path: Path) -> None:
     import numpy as np
 
     cols, models = t["columns"], t["models"]
-    fig, axes = plt.subplots(1, max(1, len(cols)), figsize=(max(4.0, 2.2 * len(cols) + 1), 3.6), squeeze=False)
+    panel_width = max(2.6, 0.45 * len(models) + 1.0)
+    fig, axes = plt.subplots(1, max(1, len(cols)), figsize=(max(4.0, panel_width * len(cols)), 4.0), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, col in zip(axes[0], cols):
         # Own axis per column: accuracies and losses do not share a scale.
@@ -112,10 +113,11 @@ def chart(t: Dict, path: Path) -> None:
         # Rates share one 0-1 scale so panels compare at a glance; other metrics scale freely.
         ax.set_ylim(0, 1.05 if tops and max(tops) <= 1 else None)
         ax.set_title(col, fontsize=9)
-        ax.set_xticks([])
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i % len(colors)]) for i in range(len(models))]
-    fig.legend(handles, models, loc="lower center", ncol=min(len(models), 6), fontsize=8)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+        # Names under the bars rather than in a legend: no colour matching, nothing clipped.
+        ax.set_xticks(x)
+        ax.set_xticklabels(models, rotation=35, ha="right", fontsize=8)
+    fig.suptitle("95% intervals; black edge = best in the panel", fontsize=8)
+    fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)

@@ -80,7 +80,7 @@ def models_of(run: Path, merges) -> List[str]:
     return [str(p) for p in singles] + [str(run / "merged" / m) for m in merges]
 
 
-def stage_eval(run: Path, task: str, settings: DemoSettings, echo) -> str:
+def stage_eval(run: Path, task: str, settings: DemoSettings, base: str, echo) -> str:
     from sftmerge.eval.backends import resolve_backend
     from sftmerge.eval.runner import evaluate_models
     from sftmerge.eval.summary import write_summary
@@ -90,13 +90,24 @@ def stage_eval(run: Path, task: str, settings: DemoSettings, echo) -> str:
     ev = EvalSettings(limit=settings.eval_limit, data_dir=Path(settings.data_dir) if settings.data_dir else None,
                       batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens,
                       allow_code_execution=settings.allow_code_execution)
-    todo = [m for m in models_of(run, settings.merges) if not (out / Path(m).name / f"{task}.json").is_file()]
+    # The base on the same problems: the reference that shows what fine-tuning bought.
+    models = [base, *models_of(run, settings.merges)]
+    todo = [m for m in models if not _evaluated(out / Path(m).name / f"{task}.json", ev)]
     if todo:
         failures = evaluate_models(todo, [task], ev, resolve_backend(settings.backend), out, echo=echo)
         if failures:
             raise SftmergeError(f"evaluation failed: {'; '.join(failures)}")
     write_summary(out)
-    return f"{len(todo)} evaluated, {len(models_of(run, settings.merges)) - len(todo)} already there"
+    return f"{len(todo)} evaluated, {len(models) - len(todo)} already there"
+
+
+def _evaluated(result: Path, ev) -> bool:
+    """A result file exists and was made with the requested problem count and generation length."""
+    if not result.is_file():
+        return False
+    done = json.loads(result.read_text()).get("settings", {})
+    return ((ev.limit is None or done.get("limit") == ev.limit)
+            and (ev.max_new_tokens is None or done.get("max_new_tokens") == ev.max_new_tokens))
 
 
 def stage_imbalance(run: Path, merges, config, limit: Optional[int]) -> str:
@@ -140,7 +151,7 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Pat
         "base": lambda: stage_base(config),
         "train": lambda: stage_train(config, echo),
         "merge": lambda: stage_merge(run, settings.merges, echo),
-        "eval": lambda: stage_eval(run, task, settings, echo),
+        "eval": lambda: stage_eval(run, task, settings, config.base, echo),
         "imbalance": lambda: stage_imbalance(run, settings.merges, config, settings.eval_limit),
         "report": lambda: str(write_report(run, task, settings, times, machine())),
     }

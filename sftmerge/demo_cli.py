@@ -17,12 +17,13 @@ from sftmerge.demo import MERGES
 @click.option("--num-samples", type=int, default=None, help="Training pairs (overrides the config).")
 @click.option("--out", "output_dir", default=None, help="Run folder (default: the config's, runs/demo).")
 @click.option("--merges", default=",".join(MERGES), show_default=True, help="Recipes of RUN/recipes/ to merge.")
-@click.option("--limit", "eval_limit", type=int, default=None, help="Evaluation problems per model (default: all).")
+@click.option("--limit", "eval_limit", type=click.IntRange(min=0), default=120, show_default=True,
+              help="Evaluation problems per model (0: all).")
 @click.option("--max-new-tokens", type=int, default=None, help="Generation length (default: the task's).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Local evaluation data (gsm8k/, mbpp/, alpaca_eval/) instead of the Hub.")
 @click.option("--backend", type=click.Choice(["auto", "vllm", "hf"]), default="auto", show_default=True)
-@click.option("--batch-size", default=16, show_default=True, help="Evaluation batch size.")
+@click.option("--batch-size", default=50, show_default=True, help="Evaluation batch size.")
 @click.option("--allow-code-execution", is_flag=True, help="Needed for data=code (MBPP runs model-written code).")
 @click.option("--checkpoint-steps", "keep_checkpoint_steps", type=int, default=None,
               help="Keep snapshots every N steps and plot loss vs step with same-step merges (figure 4).")
@@ -46,7 +47,7 @@ def demo_command(config, orders, base, data, num_train_epochs, num_samples, outp
         overrides=dict(orders=orders, base=base, data=data, num_train_epochs=num_train_epochs,
                        num_samples=num_samples, output_dir=output_dir,
                        keep_checkpoint_steps=keep_checkpoint_steps),
-        merges=chosen, eval_limit=eval_limit, max_new_tokens=max_new_tokens, data_dir=data_dir, backend=backend,
+        merges=chosen, eval_limit=eval_limit or None, max_new_tokens=max_new_tokens, data_dir=data_dir, backend=backend,
         batch_size=batch_size, allow_code_execution=allow_code_execution, seed=seed,
     )
     report = run_demo(settings, echo=click.echo)

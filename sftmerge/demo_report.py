@@ -57,7 +57,9 @@ def _paired_markdown(rows: List[Dict]) -> List[str]:
     for r in rows:
         lo, hi = r["ci95"]
         clear = lo > 0 or hi < 0
-        diff = f"{r['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        # Losses differ in the 4th decimal between close merges; accuracies move in steps of 1/n.
+        d = 3 if r["metric"] == LABELS["correct"] else 4
+        diff = f"{r['diff']:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]"
         lines.append(f"| {r['a']} | {r['b']} | {r['metric']} | {f'**{diff}**' if clear else diff} | "
                      f"{r['p_value']:.3g} | {r['test']} |")
     return lines
@@ -70,6 +72,7 @@ def write_report(run: Path, task: str, settings, times: Dict, host: Dict) -> Pat
     t = table(rows)
     merges = [m for m in settings.merges if m in t["models"]]
     singles = [m for m in t["models"] if m.startswith("order-")]
+    base_name = next((m for m in t["models"] if m not in singles and m not in merges), "not evaluated")
     keys = ["correct", "loss", *dict.fromkeys(m for r in rows for m in r["metrics"])]
     paired = paired_rows(run, task, singles, merges, settings.seed, tuple(dict.fromkeys(keys)))
     write_json(run / "paired.json", paired)
@@ -77,7 +80,8 @@ def write_report(run: Path, task: str, settings, times: Dict, host: Dict) -> Pat
 
     lines = [f"# {run.name}: multi-order SFT and merging", "",
              f"{len(singles)} sub-models (same base and settings, different data orders) and their merges "
-             f"({', '.join(merges)}) through the stock `mergekit-yaml`, evaluated on `{task}`.", "",
+             f"({', '.join(merges)}) through the stock `mergekit-yaml`, evaluated on `{task}`; "
+             f"the base model (`{base_name}`) on the same problems for reference.", "",
              "## Results", ""]
     lines += markdown(t, rows).splitlines()[2:]
     lines += ["", "## Paired comparisons", "",

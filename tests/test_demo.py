@@ -32,7 +32,7 @@ def demo_run(tiny_chat_model, tmp_path_factory):
     return tmp / "run", first.output, again.output
 
 
-def test_demo_writes_merges_results_plots_and_report(demo_run):
+def test_demo_writes_merges_results_plots_and_report(demo_run, tiny_chat_model):
     from transformers import AutoModelForCausalLM
 
     run, out, _ = demo_run
@@ -46,7 +46,7 @@ def test_demo_writes_merges_results_plots_and_report(demo_run):
     for png in ("imbalance/position.png", "imbalance/anchor.png", "eval/summary.png"):
         assert (run / png).stat().st_size > 1000, png
     report = (run / "REPORT.md").read_text()
-    for m in MODELS:
+    for m in [*MODELS, tiny_chat_model.name]:  # the base is evaluated too, as the reference row
         assert sum(line.startswith(f"| {m} | ") for line in report.splitlines()) >= 1, m
     for png in ("imbalance/position.png", "imbalance/anchor.png", "eval/summary.png"):
         assert f"]({png})" in report

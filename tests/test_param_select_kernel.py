@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from scipy.stats import chisquare
@@ -102,16 +104,26 @@ def test_same_seed_same_output_other_seed_differs():
     assert not torch.equal(a, d)  # the tensor name is part of the draw
 
 
-def test_uniforms_do_not_depend_on_thread_count():
-    old = torch.get_num_threads()
+def test_uniforms_are_splitmix64_and_do_not_depend_on_thread_count():
+    import numba
+    import numpy as np
+
+    from sftmerge.plugins.uniforms import splitmix64_bits, uniforms_numpy
+
+    # SplitMix64's published first output from state 0.
+    assert int(splitmix64_bits(0, np.arange(1))[0]) == 0xE220A8397B1DCDAF
+    stream = element_uniforms(3, "x", 1_000_003)
+    old = numba.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        one = element_uniforms(3, "x", 1_000_003)
-        torch.set_num_threads(max(2, old))
-        many = element_uniforms(3, "x", 1_000_003)
+        numba.set_num_threads(1)
+        one = stream.tensor()
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = stream.tensor()
     finally:
-        torch.set_num_threads(old)
+        numba.set_num_threads(old)
     assert torch.equal(one, many)
+    assert torch.equal(one, torch.from_numpy(uniforms_numpy(stream.key, stream.numel)))
+    assert 0 <= float(one.min()) and float(one.max()) < 1 and abs(float(one.mean()) - 0.5) < 2e-3
 
 
 @pytest.mark.parametrize(
@@ -150,3 +162,73 @@ def test_reported_counts_are_the_true_origins(resample):
     assert sum(reported) == base.numel()
     assert all(r >= t for r, t in zip(reported, truth))
     assert sum(reported) - sum(truth) == int(at_base.sum())
+
+
+def _edge_case_inputs(dtype, n_models, n=20_011, seed=0):
+    """Base and models with unchanged elements, exact and signed zeros, and NaNs."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, generator=g).to(dtype)
+    base[::97] = 0.0
+    base[5::101] = float("nan")
+    # The NaN with the smallest payload, just above +inf's bit pattern.
+    bits = base.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[base.element_size()])
+    bits[7::103] = torch.tensor(float("inf"), dtype=dtype).view(bits.dtype) + 1
+    models = []
+    for _ in range(n_models):
+        moved = (base.double() + 0.05 * torch.randn(n, generator=g, dtype=torch.float64)).to(dtype)
+        m = torch.where(torch.rand(n, generator=g) < 0.4, base, moved)
+        flip_zero = (torch.rand(n, generator=g) < 0.3) & (base == 0)
+        models.append(torch.where(flip_zero, torch.zeros((), dtype=dtype).neg(), m))  # -0 == +0 for torch
+    return base, models
+
+
+def _edge_uniforms(weights, n, seed=0):
+    """Uniforms including each interval edge in float32 and its two neighbours."""
+    from sftmerge.plugins.param_select import _interval_edges
+
+    u = torch.rand(n, generator=torch.Generator().manual_seed(seed))
+    edges = torch.tensor(_interval_edges(weights)[1:-1], dtype=torch.float32)
+    near = torch.cat([edges, torch.nextafter(edges, torch.zeros(())), torch.nextafter(edges, torch.ones(()))])
+    u[: near.numel() * 50] = near.repeat(50)
+    return u
+
+
+@pytest.mark.parametrize(
+    "dtype, weights",
+    [
+        (torch.bfloat16, [1, 1, 1]),
+        (torch.bfloat16, [1.0, 2.0, 3.0]),
+        (torch.bfloat16, [0.3, 0, 0.7]),
+        (torch.bfloat16, [0.1, 0.2, 0.3, 0.15, 0.25]),
+        (torch.float16, [2, 0, 0, 1]),
+        (torch.float32, [1, 1, 1]),
+        (torch.float64, [1, 2]),
+    ],
+)
+def test_fused_cpu_kernel_is_bit_identical_to_the_torch_path(dtype, weights):
+    """The fused kernel runs on CPU, the torch path on GPUs: same bits, same report, in every mode."""
+    from sftmerge.plugins import select_kernel
+    from sftmerge.plugins.stats import SELECTION_STATS
+
+    if not select_kernel.available():
+        pytest.skip("numba is not installed")
+    base, models = _edge_case_inputs(dtype, len(weights))
+    int_view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[base.element_size()]
+    # Explicit uniforms on the interval edges, and the stream computed inside the kernel.
+    for u, with_base, resample in itertools.product(
+        (_edge_uniforms(weights, base.numel()), element_uniforms(1, "t", base.numel())),
+        (False, True), (False, True),
+    ):
+        if resample and not with_base:
+            continue
+        results = {}
+        for kernel in ("torch", "cpu"):
+            SELECTION_STATS.clear()
+            out = select_elements(models, weights, u, base=base if with_base else None, resample=resample,
+                                  tensor_name="t", kernel=kernel)
+            results[kernel] = (out.view(int_view), SELECTION_STATS.tensors["t"])
+        assert torch.equal(results["torch"][0], results["cpu"][0]), (with_base, resample)
+        assert results["torch"][1] == results["cpu"][1], (with_base, resample)
+    # The inputs exercise the resampling rule: some elements redrawn, some left at the base.
+    row = results["cpu"][1]
+    assert row.equal_base_before > row.equal_base_after > 0

@@ -1,0 +1,89 @@
+"""The per-element random stream of `param_select`: one float32 uniform per element.
+
+Element i of a tensor gets the i-th output of SplitMix64 (Steele, Lea and Flood, 2014)
+started from a 64-bit key hashed from (seed, tensor name), keeping its top 24 bits:
+u = (bits >> 40) * 2**-24, in [0, 1). The stream is counter-based, so any element's
+uniform is computed on its own: thread count, chunking and execution order cannot change
+it, and the fused CPU kernel computes it where it is used instead of storing 4 bytes per
+element. The torch path (GPUs) gets the same values from `Uniforms.tensor()`, computed on
+the CPU and moved to the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+try:
+    from numba import njit, prange
+except ImportError:  # pragma: no cover
+    njit = None
+
+GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment (2**64 / golden ratio)
+MIX1 = 0xBF58476D1CE4E5B9
+MIX2 = 0x94D049BB133111EB
+SCALE = 2.0**-24
+# Numba's default threading layer must not be entered by two threads at once.
+NUMBA_LOCK = threading.Lock()
+
+
+def stream_key(seed: int, tensor_name: Optional[str]) -> int:
+    """A 64-bit key for one tensor, stable across processes and platforms."""
+    key = f"sftmerge.param_select:{seed}:{tensor_name or ''}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+def splitmix64_bits(key: int, index: np.ndarray) -> np.ndarray:
+    """The raw 64-bit outputs for `index` (numpy reference; uint64 arithmetic wraps)."""
+    z = np.uint64(key) + (index.astype(np.uint64) + np.uint64(1)) * np.uint64(GAMMA)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(MIX1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(MIX2)
+    return z ^ (z >> np.uint64(31))
+
+
+def uniforms_numpy(key: int, numel: int) -> np.ndarray:
+    bits = splitmix64_bits(key, np.arange(numel, dtype=np.uint64))
+    return (bits >> np.uint64(40)).astype(np.float32) * np.float32(SCALE)
+
+
+if njit is not None:
+
+    @njit(inline="always")
+    def uniform_at(key, i):
+        """Element i's uniform; `key` is a numpy uint64. Same values as `uniforms_numpy`."""
+        z = key + (np.uint64(i) + np.uint64(1)) * np.uint64(GAMMA)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(MIX1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(MIX2)
+        z = z ^ (z >> np.uint64(31))
+        return np.float32(z >> np.uint64(40)) * np.float32(SCALE)
+
+    @njit(parallel=True, nogil=True, cache=True)
+    def _fill(key, out):
+        for i in prange(out.shape[0]):
+            out[i] = uniform_at(key, i)
+
+
+@dataclass(frozen=True)
+class Uniforms:
+    """The stream of one tensor: `numel` uniforms under `key`, materialised only on demand."""
+
+    key: int
+    numel: int
+
+    def tensor(self) -> torch.Tensor:
+        """All `numel` uniforms as a float32 CPU tensor."""
+        if njit is None:  # pragma: no cover
+            return torch.from_numpy(uniforms_numpy(self.key, self.numel))
+        out = np.empty(self.numel, dtype=np.float32)
+        with NUMBA_LOCK:
+            _fill(np.uint64(self.key), out)
+        return torch.from_numpy(out)
+
+
+def element_uniforms(seed: int, tensor_name: Optional[str], numel: int) -> Uniforms:
+    return Uniforms(stream_key(seed, tensor_name), numel)
