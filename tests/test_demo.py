@@ -9,6 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from conftest import SHARED_DATA
 from sftmerge.cli import main
 from sftmerge.demo import MERGES
 
@@ -74,5 +75,27 @@ def test_rerun_skips_finished_stages(demo_run):
     _, _, again = demo_run
     assert "train: 0 new, 2 already there" in again
     assert "merge: 0 new, 4 already there" in again
-    assert "eval: 0 evaluated, 6 already there" in again
+    assert "eval: 0 evaluated, 7 already there" in again  # 2 orders, 4 merges, the base
     assert "imbalance: already there" in again
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no shared data at {SHARED_DATA}")
+def test_reproduce_smoke_on_gsm8k_from_local_data(tiny_chat_model, tmp_path):
+    """`make reproduce DATA=gsm8k DATA_DIR=../shared/data` at a smoke size: the same pipeline,
+    GSM8K training pairs from the local copy, scored by lm-eval's gsm8k task."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(dict(
+        base=str(tiny_chat_model), data="arith", num_samples=8, output_dir=str(tmp_path / "run"), orders=2,
+        num_train_epochs=1, per_device_train_batch_size=4, learning_rate=1e-3, save_steps=50, logging_steps=1,
+        max_length=256)))
+    args = ["demo", "--config", str(config), "--data", "gsm8k", "--data-dir", str(SHARED_DATA), "--merges", "select",
+            "--limit", "2", "--max-new-tokens", "8", "--backend", "hf", "--batch-size", "2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"] == f"gsm8k:{SHARED_DATA / 'gsm8k'}"
+    for m in ("order-0", "order-1", "select", tiny_chat_model.name):
+        doc = json.loads((run / "eval" / m / "gsm8k.json").read_text())
+        assert doc["n"] == 2 and doc["metrics"], m
+    report = (run / "REPORT.md").read_text()
+    assert "evaluated on `gsm8k`" in report and "| select | order-0 |" in report
