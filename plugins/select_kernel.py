@@ -74,6 +74,18 @@ if numba is not None:
         return (a_abs <= inf_bits) & ((a == b) | ((a_abs | (b & abs_mask)) == 0))
 
     @njit(inline="always")
+    def _first_pick(models, i, ui, edges):
+        """Value and slot of the model whose interval holds ui, without branches."""
+        v = models[0][i]
+        s = 0
+        for p in range(1, len(models)):
+            take = ui >= edges[p]
+            s += take
+            w = models[p][i]
+            v = w if take else v
+        return v, s
+
+    @njit(inline="always")
     def _redraw(models, i, b, u2, weights, equal_w, abs_mask, inf_bits):
         """Slot of the redrawn model among the changed ones; len(models) when none changed."""
         n_pos = len(models)
@@ -130,25 +142,13 @@ if numba is not None:
                 if not has_base:  # separate loops: the one without a base stays minimal
                     for i in range(start, stop):
                         ui = u[i] if has_u else uniform_at(key, i)
-                        v = models[0][i]
-                        s = 0
-                        for p in range(1, n_pos):
-                            take = ui >= edges[p]
-                            s += take
-                            w = models[p][i]
-                            v = w if take else v
+                        v, s = _first_pick(models, i, ui, edges)
                         out[i] = v
                         picks[s] += 1
                     continue
                 for i in range(start, stop):
                     ui = u[i] if has_u else uniform_at(key, i)
-                    v = models[0][i]
-                    s = 0
-                    for p in range(1, n_pos):
-                        take = ui >= edges[p]
-                        s += take
-                        w = models[p][i]
-                        v = w if take else v
+                    v, s = _first_pick(models, i, ui, edges)
                     out[i] = v
                     picks[s] += 1
                     # Unconditional stores; the slot is kept only when the pick equals the base.
