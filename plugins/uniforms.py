@@ -19,11 +19,6 @@ from typing import Optional
 import numpy as np
 import torch
 
-try:
-    from numba import njit, prange
-except ImportError:  # pragma: no cover
-    njit = None
-
 GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment (2**64 / golden ratio)
 MIX1 = 0xBF58476D1CE4E5B9
 MIX2 = 0x94D049BB133111EB
@@ -51,23 +46,6 @@ def uniforms_numpy(key: int, numel: int) -> np.ndarray:
     return (bits >> np.uint64(40)).astype(np.float32) * np.float32(SCALE)
 
 
-if njit is not None:
-
-    @njit(inline="always")
-    def uniform_at(key, i):
-        """Element i's uniform; `key` is a numpy uint64. Same values as `uniforms_numpy`."""
-        z = key + (np.uint64(i) + np.uint64(1)) * np.uint64(GAMMA)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(MIX1)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(MIX2)
-        z = z ^ (z >> np.uint64(31))
-        return np.float32(z >> np.uint64(40)) * np.float32(SCALE)
-
-    @njit(parallel=True, nogil=True, cache=True)
-    def _fill(key, out):
-        for i in prange(out.shape[0]):
-            out[i] = uniform_at(key, i)
-
-
 @dataclass(frozen=True)
 class Uniforms:
     """The stream of one tensor: `numel` uniforms under `key`, materialised only on demand."""
@@ -77,11 +55,13 @@ class Uniforms:
 
     def tensor(self) -> torch.Tensor:
         """All `numel` uniforms as a float32 CPU tensor."""
-        if njit is None:  # pragma: no cover
+        try:
+            from sftmerge.plugins.jit_kernels import fill_uniforms
+        except ImportError:  # pragma: no cover  (numba missing: the numpy reference, slower)
             return torch.from_numpy(uniforms_numpy(self.key, self.numel))
         out = np.empty(self.numel, dtype=np.float32)
         with NUMBA_LOCK:
-            _fill(np.uint64(self.key), out)
+            fill_uniforms(np.uint64(self.key), out)
         return torch.from_numpy(out)
 
 

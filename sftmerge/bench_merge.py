@@ -104,8 +104,7 @@ def run_benchmark(cache: Path, runs: int) -> Dict[str, List[Dict[str, float]]]:
 
 def summarize(results: Dict[str, List[Dict[str, float]]]) -> str:
     keys = ("seconds", "peak_rss_gib", "peak_anon_gib", "peak_file_gib")
-    med = {n: {k: statistics.median(x.get(k, float("nan")) for x in rows) for k in keys}
-           for n, rows in results.items()}
+    med = {n: {k: statistics.median(x[k] for x in rows) for k in keys} for n, rows in results.items()}
     lines = [f"{'method':<24}{'wall s':>10}{'peak RSS GiB':>14}{'anon GiB':>10}{'file GiB':>10}{'runs':>6}"
              "  (medians)"]
     for n, m in med.items():
