@@ -17,7 +17,7 @@ from sftmerge.demo import MERGES
 @click.option("--num-samples", type=int, default=None, help="Training pairs (overrides the config).")
 @click.option("--out", "output_dir", default=None, help="Run folder (default: the config's, runs/demo).")
 @click.option("--merges", default=",".join(MERGES), show_default=True, help="Recipes of RUN/recipes/ to merge.")
-@click.option("--limit", "eval_limit", type=click.IntRange(min=0), default=120, show_default=True,
+@click.option("--limit", "eval_limit", type=click.IntRange(min=0), default=100, show_default=True,
               help="Evaluation problems per model (0: all).")
 @click.option("--max-new-tokens", type=int, default=None, help="Generation length (default: the task's).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
