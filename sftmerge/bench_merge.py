@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -20,18 +21,24 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import click
 import yaml
 
 
 # Plain selection reads the same 3 models as linear; resampling also needs the base.
+# The last variant keeps the inputs' mapped pages resident (plugins/page_release.py), as
+# mergekit's own methods do, to show what dropping them saves.
 METHODS = {
     "linear": {"merge_method": "linear", "parameters": {"normalize": True}},
     "param_select": {"merge_method": "param_select", "parameters": {"seed": 42, "resample": False}},
     "param_select+resample": {
         "merge_method": "param_select", "base": True, "parameters": {"seed": 42, "resample": True},
+    },
+    "resample, pages kept": {
+        "merge_method": "param_select", "base": True, "parameters": {"seed": 42, "resample": True},
+        "env": {"SFTMERGE_KEEP_INPUT_PAGES": "1"},
     },
 }
 
@@ -64,18 +71,18 @@ def write_recipes(family: Path, folder: Path) -> Dict[str, Path]:
         }
         if method.get("base"):
             recipe["base_model"] = str(family / "base")
-        paths[name] = folder / f"{name.replace('+', '-')}.yml"
+        paths[name] = folder / (re.sub(r"[^A-Za-z0-9_]+", "-", name) + ".yml")
         paths[name].write_text(yaml.safe_dump(recipe, sort_keys=False))
     return paths
 
 
-def run_once(recipe: Path, scratch: Path) -> Dict[str, float]:
+def run_once(recipe: Path, scratch: Path, env: Optional[Dict[str, str]] = None) -> Dict[str, float]:
     """One merge in a fresh process; returns its wall time and peak RSS."""
     out = Path(tempfile.mkdtemp(prefix="merge-", dir=scratch))
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "sftmerge.bench_merge", str(recipe), str(out)],
-            capture_output=True, text=True, check=False,
+            capture_output=True, text=True, check=False, env={**os.environ, **(env or {})},
         )
         if proc.returncode != 0:
             raise click.ClickException(f"benchmark merge of {recipe.name} failed: {proc.stderr.strip()[-500:]}")
@@ -97,7 +104,7 @@ def run_benchmark(cache: Path, runs: int) -> Dict[str, List[Dict[str, float]]]:
     with tqdm(total=runs * len(names), desc="merges") as bar:
         for r in range(runs):
             for name in names[r % len(names):] + names[: r % len(names)]:
-                results[name].append(run_once(recipes[name], cache))
+                results[name].append(run_once(recipes[name], cache, METHODS[name].get("env")))
                 bar.update()
     return results
 

@@ -52,7 +52,7 @@ def paired_rows(run: Path, task: str, singles: List[str], merges: List[str], see
     return rows
 
 
-def _paired_markdown(rows: List[Dict]) -> List[str]:
+def paired_table_markdown(rows: List[Dict]) -> List[str]:
     lines = ["| A | B | metric | A - B [95% interval] | p | test |", "|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["ci95"]
@@ -89,7 +89,7 @@ def write_report(run: Path, task: str, settings, times: Dict, host: Dict) -> Pat
               f"(2000 resamples, seed {settings.seed}), McNemar exact p-value. Held-out loss: mean per-problem "
               "difference, t interval, paired t p-value (negative = A has the lower loss). **Bold**: the interval "
               "excludes 0.", ""]
-    lines += _paired_markdown(paired) if paired else ["(no per-sample scores to pair)"]
+    lines += paired_table_markdown(paired) if paired else ["(no per-sample scores to pair)"]
     lines += ["", "## Training imbalance", "",
               "Final per-sample training loss against the sample's position in the first epoch "
               "(Spearman's rho per order; a negative rho: samples seen later end with lower loss):", "",

@@ -190,6 +190,27 @@ def test_arith_rejected_has_one_wrong_step_and_a_wrong_answer():
         assert sum(a != b for a, b in zip(re.findall(r"= (-?\d+)", v), ["6", "16"])) == 1
 
 
+def test_ultrafeedback_local_copy_in_its_hub_layout(tmp_path):
+    """ultrafeedback:DIR reads DIR/train_prefs.jsonl rows as the Hub dataset has them."""
+    from sftmerge.preference import to_dpo_dataset
+
+    rows = [{
+        "prompt": f"Question {i}?", "prompt_id": f"id{i}",
+        "chosen": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Good {i}."}],
+        "rejected": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Bad {i}."}],
+        "messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Good {i}."}],
+        "score_chosen": 8.0, "score_rejected": 3.0,
+    } for i in range(3)]
+    (tmp_path / "train_prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prefs = load_preferences(f"ultrafeedback:{tmp_path}", limit=2)
+    assert [(p.id, p.prompt, p.chosen, p.rejected) for p in prefs] == [
+        ("id0", "Question 0?", "Good 0.", "Bad 0."), ("id1", "Question 1?", "Good 1.", "Bad 1.")]
+    ds = to_dpo_dataset(prefs)
+    assert ds[0]["chosen"][-1]["content"] == "Good 0." and ds[0]["rejected"][-1]["content"] == "Bad 0."
+    with pytest.raises(SftmergeError, match="test_prefs.jsonl does not exist"):
+        load_preferences(f"ultrafeedback:{tmp_path}", split="test")
+
+
 def test_preference_data_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "chosen": "c"}) + "\n")

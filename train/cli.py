@@ -94,8 +94,8 @@ def dpo(config: str, base, data, loss, num_train_epochs, num_samples, output_dir
 @click.option("--base", default=None, help="Base for every run (overrides both configs).")
 @click.option("--num-samples", type=int, default=None, help="Training pairs for SFT and DPO (overrides both).")
 @click.option("--epochs", "num_train_epochs", type=int, default=None, help="SFT epochs (overrides the SFT config).")
-@click.option("--eval-limit", type=int, default=None, help="arith test problems (default: the task's 300).")
-@click.option("--max-new-tokens", type=int, default=None, help="Generation length for arith (default: 96).")
+@click.option("--eval-limit", type=int, default=None, help="arith test problems (default: the task's 300; make paft uses 100).")
+@click.option("--max-new-tokens", type=int, default=None, help="Generation length for arith (default: 64).")
 @click.option("--out", default="runs/paft", show_default=True, type=click.Path(file_okay=False))
 def paft(sft_config, dpo_config, l1, base, num_samples, num_train_epochs, eval_limit, max_new_tokens, out) -> None:
     """PAFT next to its baselines: plain SFT, L1 SFT, DPO, SFT->DPO, the TIES and task-arithmetic

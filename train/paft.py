@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 from sftmerge.errors import SftmergeError
 from sftmerge.fsutil import write_json, write_text
@@ -97,9 +97,11 @@ def _cell(metric: Dict) -> str:
     return f"{metric['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def report_markdown(results: Dict[str, Dict], sparsity: Dict[str, Dict], tolerance: float) -> str:
+def report_markdown(results: Dict[str, Dict], sparsity: Dict[str, Dict], tolerance: float,
+                    setup: str = "") -> str:
     n = next(iter(results.values()))["n"]
-    lines = [
+    lines = [setup, ""] if setup else []
+    lines += [
         f"arith, {n} held-out problems: exact match and held-out loss (mean per-token NLL of the reference),",
         "value [95% interval]; delta sparsity against the base: fraction of elements exactly",
         f"unchanged / within {tolerance:g}.",
@@ -113,6 +115,56 @@ def report_markdown(results: Dict[str, Dict], sparsity: Dict[str, Dict], toleran
         zero = f"{sp['fraction_zero']:.3f}" if sp else "-"
         small = f"{sp['fraction_small']:.3f}" if sp else "-"
         lines.append(f"| {label} | {_cell(m['exact_match'])} | {_cell(m['loss'])} | {zero} | {small} |")
+    return "\n".join(lines) + "\n"
+
+
+BASELINE = "sft-dpo"  # the usual sequential pipeline
+
+
+def paired_vs_sequential(models: Dict[str, str], out: Path, seed: int = 0) -> List[Dict]:
+    """Each PAFT merge against sequential SFT -> DPO and plain SFT, on the same problems."""
+    from sftmerge.demo_report import paired_rows
+    from sftmerge.eval.backends import model_name
+
+    # eval/<label>/<model folder name>/arith.samples.jsonl, as `evaluate_all` writes them.
+    where = {label: f"{label}/{model_name(folder)}" for label, folder in models.items()}
+    label_of = {v: k for k, v in where.items()}
+    rows = paired_rows(out, "arith", [where[BASELINE], where["sft"]], [where[m] for m in MERGES], seed)
+    return [{**r, "a": label_of[r["a"]], "b": label_of[r["b"]]} for r in rows]
+
+
+def verdict(rows: List[Dict], merge: str) -> str:
+    """One sentence: did `merge` beat the sequential baseline (95% intervals of the paired differences)?"""
+    from sftmerge.demo_report import LABELS
+
+    better, worse, parts = [], [], []
+    for r in rows:
+        if r["a"] != merge or r["b"] != BASELINE:
+            continue
+        lo, hi = r["ci95"]
+        lower_is_better = r["metric"] != LABELS["correct"]
+        good, bad = (hi < 0, lo > 0) if lower_is_better else (lo > 0, hi < 0)
+        (better if good else worse if bad else parts).append(r["metric"])
+    if better and not worse:
+        return f"**{merge} beat sequential SFT -> DPO** here ({', '.join(better)}; the 95% interval excludes 0)."
+    if worse and not better:
+        return f"**{merge} did worse than sequential SFT -> DPO** here ({', '.join(worse)}; the 95% interval excludes 0)."
+    if better and worse:
+        return (f"**Mixed**: {merge} was better in {', '.join(better)} and worse in {', '.join(worse)} than "
+                "sequential SFT -> DPO.")
+    return (f"**{merge} did not beat sequential SFT -> DPO** here: no difference is clear at this size "
+            "(every 95% interval of the paired differences includes 0).")
+
+
+def paired_markdown(rows: List[Dict]) -> str:
+    from sftmerge.demo_report import paired_table_markdown
+
+    lines = ["", "## PAFT against sequential training", ""]
+    lines += [f"* {verdict(rows, m)}" for m in MERGES]
+    lines += ["", "Paired on the same problems: exact match, difference in accuracy with a paired bootstrap "
+              "95% interval and McNemar's exact p; loss, mean paired difference with a t interval "
+              "(negative: A has the lower loss). **Bold**: the interval excludes 0.", ""]
+    lines += paired_table_markdown(rows)
     return "\n".join(lines) + "\n"
 
 
@@ -130,12 +182,18 @@ def run_paft(sft: SFTRunConfig, dpo: DPORunConfig, l1: float, out: str, eval_lim
     models = _labelled_models(out, base)
     results = evaluate_all(models, out, eval_limit, max_new_tokens, echo)
     sparsity = sparsity_all(models, base, out, tolerance)
-    md = report_markdown(results, sparsity, tolerance)
+    paired = paired_vs_sequential(models, out)
+    setup = (f"PAFT on {base}: SFT {sft.num_samples or 'all'} samples x {sft.num_train_epochs} epochs (lr "
+             f"{sft.learning_rate:g}), L1 strength {l1:g} for sft-l1; DPO {dpo.num_samples or 'all'} pairs x "
+             f"{dpo.num_train_epochs} epoch(s) (lr {dpo.learning_rate:g}, beta {dpo.beta:g}).")
+    md = report_markdown(results, sparsity, tolerance, setup) + paired_markdown(paired)
     write_text(out / "report.md", md)
     write_json(out / "report.json", {
         "base": base, "l1": l1, "tolerance": tolerance,
         "arith": {label: doc["metrics"] for label, doc in results.items()},
         "n": {label: doc["n"] for label, doc in results.items()},
         "sparsity": sparsity,
+        "paired": paired,
+        "verdict": {m: verdict(paired, m) for m in MERGES},
     })
     return md
