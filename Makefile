@@ -105,7 +105,7 @@ reproduce: setup
 # task-arithmetic merges, arith evaluation and delta sparsity -> $(PAFT_OUT)/report.md.
 # A rerun skips finished steps. Optional: PAFT_L1, PAFT_LIMIT (arith test problems).
 PAFT_OUT ?= runs/paft
-PAFT_L1 ?= 1e-4
+PAFT_L1 ?= 1e-5
 PAFT_LIMIT ?= 100
 paft: setup
 	@if [ "$(BASE)" = "$(DEFAULT_BASE)" ]; then $(BIN)/sftmerge base smollm2 --out $(BASE); fi

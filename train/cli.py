@@ -90,7 +90,7 @@ def dpo(config: str, base, data, loss, num_train_epochs, num_samples, output_dir
               help="SFT config (default: the packaged train/configs/arith.yaml).")
 @click.option("--dpo-config", default=None, type=click.Path(dir_okay=False),
               help="DPO config (default: the packaged train/configs/dpo_arith.yaml).")
-@click.option("--l1", "l1", type=float, default=1e-4, show_default=True, help="L1 strength of the sparse SFT run.")
+@click.option("--l1", "l1", type=float, default=1e-5, show_default=True, help="L1 strength of the sparse SFT run.")
 @click.option("--base", default=None, help="Base for every run (overrides both configs).")
 @click.option("--num-samples", type=int, default=None, help="Training pairs for SFT and DPO (overrides both).")
 @click.option("--epochs", "num_train_epochs", type=int, default=None, help="SFT epochs (overrides the SFT config).")
