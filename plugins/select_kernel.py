@@ -8,9 +8,8 @@ redraw where the first pick equals the base. Without branches LLVM vectorises th
 (AVX2/AVX-512), which is several times faster than redrawing only the base-equal
 elements one by one. It is bit-identical to the torch path: every comparison and every
 float operation is done in float32 in the same order, and values are copied, never
-computed. Values are handled as
-their bit patterns (one compiled kernel per width), compared with IEEE equality
-(+0 == -0, NaN != NaN) as torch's `==` does.
+computed. Values are handled as their bit patterns (one compiled kernel per width),
+compared with IEEE equality (+0 == -0, NaN != NaN) as torch's `==` does.
 
 The rule, per element with uniform u (float32):
 1. slot s = number of positive-weight models p >= 1 with u >= edge[p]: the first pick.
