@@ -137,14 +137,17 @@ def verdict(rows: List[Dict], merge: str) -> str:
     """One sentence: did `merge` beat the sequential baseline (95% intervals of the paired differences)?"""
     from sftmerge.demo_report import LABELS
 
-    better, worse, parts = [], [], []
+    better, worse = [], []
     for r in rows:
         if r["a"] != merge or r["b"] != BASELINE:
             continue
         lo, hi = r["ci95"]
         lower_is_better = r["metric"] != LABELS["correct"]
         good, bad = (hi < 0, lo > 0) if lower_is_better else (lo > 0, hi < 0)
-        (better if good else worse if bad else parts).append(r["metric"])
+        if good:
+            better.append(r["metric"])
+        elif bad:
+            worse.append(r["metric"])
     if better and not worse:
         return f"**{merge} beat sequential SFT -> DPO** here ({', '.join(better)}; the 95% interval excludes 0)."
     if worse and not better:
