@@ -32,7 +32,7 @@ quickstart: setup
 
 BENCH_RUNS ?= 3
 bench-merge: setup
-	$(BIN)/sftmerge bench merge --runs $(BENCH_RUNS)
+	$(BIN)/python -m bench.merge --runs $(BENCH_RUNS)
 
 # Multi-order SFT of the configured run (default: SmolLM2-135M-Instruct on the built-in arith task).
 # A rerun skips finished orders and resumes an interrupted one.
@@ -52,7 +52,7 @@ BENCH_TRAIN_RUNS ?= 3
 BENCH_TRAIN_SAMPLES ?= 48
 bench-train: setup
 	$(BIN)/sftmerge base smollm2 --out $(DEFAULT_BASE)
-	$(BIN)/python -m sftmerge.train.bench --config $(TRAIN_CONFIG) --runs $(BENCH_TRAIN_RUNS) --num-samples $(BENCH_TRAIN_SAMPLES)
+	$(BIN)/python -m bench.train --config $(TRAIN_CONFIG) --runs $(BENCH_TRAIN_RUNS) --num-samples $(BENCH_TRAIN_SAMPLES)
 
 clean:
 	rm -rf runs/quickstart .pytest_cache

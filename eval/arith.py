@@ -1,6 +1,6 @@
 """The built-in arithmetic task: exact match on held-out problems, and held-out loss.
 
-Problems are the `test` split of sftmerge.data's generator (disjoint from training).
+Problems are the `test` split of sftmerge.data.pairs's generator (disjoint from training).
 The prompt is the chat-templated question, as in training; the answer is the number
 after `####` (strict) compared with the reference. The loss is the mean per-token
 negative log-likelihood of the reference response given that prompt.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from sftmerge.data import extract_answer, load_pairs
+from sftmerge.data.pairs import extract_answer, load_pairs
 from sftmerge.eval.backends import LoadedModel, chat_prompt, continuation_logprobs, generate
 from sftmerge.eval.stats import summarize
 from sftmerge.eval.tasks import EvalSettings, TaskResult, default_max_new_tokens
@@ -44,7 +44,7 @@ def run(model: LoadedModel, settings: EvalSettings, workdir) -> TaskResult:
         metrics={"exact_match": summarize(correct), "loss": summarize(losses, bounds=None)},
         settings={"limit": n, "num_fewshot": 0, "max_new_tokens": max_new, "decoding": "greedy",
                   "answer": "strict: number after '#### '", "chat_template": True,
-                  "data": f"sftmerge.data arith test split, generator seed {settings.arith_seed}",
+                  "data": f"sftmerge.data.pairs arith test split, generator seed {settings.arith_seed}",
                   "loss": "mean per-token NLL of the reference response given the chat prompt",
                   "generation_seconds": round(time.time() - t0, 2)},
         samples=samples,

@@ -49,7 +49,7 @@ def load_local_docs(task: str, data_dir) -> List[Dict]:
     with opener(path, "rt", encoding="utf-8") as f:
         docs = [json.loads(line) for line in f if line.strip()]
     if task == "mbpp":
-        from sftmerge.data import MBPP_SPLITS
+        from sftmerge.data.pairs import MBPP_SPLITS
 
         docs = [d for d in docs if int(d["task_id"]) in MBPP_SPLITS["test"]]
     return docs

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from sftmerge.errors import SftmergeError
-from sftmerge.fsutil import write_json
+from sftmerge.io.fsutil import write_json
 
 
 def order_losses(run: Path) -> Dict[str, List[Dict]]:

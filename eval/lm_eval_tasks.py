@@ -64,7 +64,7 @@ def task_yaml(task: str, data_dir: Optional[Path], generation: Optional[Dict] = 
 
 def mbpp_test_split(dataset):
     """MBPP's standard test split, when the data is one local mbpp.jsonl holding all tasks."""
-    from sftmerge.data import MBPP_SPLITS
+    from sftmerge.data.pairs import MBPP_SPLITS
 
     return dataset.filter(lambda doc: int(doc["task_id"]) in MBPP_SPLITS["test"])
 

@@ -17,7 +17,7 @@ from sftmerge.errors import SftmergeError
 from sftmerge.eval.backends import load_model, model_name
 from sftmerge.eval.summary import write_summary
 from sftmerge.eval.tasks import EvalSettings, TaskResult, runner
-from sftmerge.fsutil import write_json, write_jsonl
+from sftmerge.io.fsutil import write_json, write_jsonl
 
 
 def run_models(run_dir: str) -> List[str]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from sftmerge import checkpoint
+from sftmerge.io import checkpoint
 from sftmerge.errors import SftmergeError
 
 OVERALL = "all"
@@ -75,7 +75,7 @@ def write_outputs(table: Dict[str, Dict[str, DeltaCount]], base: str, tolerance:
     """sparsity.json / .csv / .md / .png in `out`; returns the markdown table."""
     import csv
 
-    from sftmerge.fsutil import write_json
+    from sftmerge.io.fsutil import write_json
 
     out.mkdir(parents=True, exist_ok=True)
     models = list(table)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from sftmerge.eval.tasks import LOWER_IS_BETTER, TASKS
-from sftmerge.fsutil import write_json, write_text
+from sftmerge.io.fsutil import write_json, write_text
 
 
 def collect(out: Path) -> List[Dict]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from sftmerge.plugins.uniforms import GAMMA, MIX1, MIX2, SCALE
+from sftmerge.plugins.splitmix import GAMMA, MIX1, MIX2, SCALE
 
 # Elements per chunk of the kernel: small enough for a chunk's uniforms and origins to
 # stay in cache between the passes over it, large enough to amortise the loop set-up.

@@ -250,7 +250,13 @@ def param_select_merge(
     return merged
 
 
-# Importing this module is enough to make the method available by name.
-from sftmerge.plugins.registration import register_all as _register_all  # noqa: E402
+def register() -> None:
+    """Add `param_select` to mergekit's registry unless it is there (idempotent)."""
+    from mergekit import merge_methods
 
-_register_all()
+    if param_select_merge.spec.name not in {m.spec.name for m in merge_methods.registered_methods()}:
+        merge_methods.register(param_select_merge)
+
+
+# Importing this module is enough to make the method available by name.
+register()

@@ -13,11 +13,6 @@ def register_all() -> None:
         # The method module is mid-import (it imported mergekit, which ran the
         # start-up hook); it calls register_all itself once it is complete.
         return
-    from mergekit import merge_methods
+    from sftmerge.plugins import param_select
 
-    from sftmerge.plugins.param_select import param_select_merge
-
-    known = {m.spec.name for m in merge_methods.registered_methods()}
-    for method in (param_select_merge,):
-        if method.spec.name not in known:
-            merge_methods.register(method)
+    param_select.register()

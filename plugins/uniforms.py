@@ -19,10 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's increment (2**64 / golden ratio)
-MIX1 = 0xBF58476D1CE4E5B9
-MIX2 = 0x94D049BB133111EB
-SCALE = 2.0**-24
+from sftmerge.plugins.splitmix import GAMMA, MIX1, MIX2, SCALE
 # Numba's default threading layer must not be entered by two threads at once.
 NUMBA_LOCK = threading.Lock()
 

@@ -17,7 +17,7 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope="session")
 def family(tmp_path_factory):
     """bf16 base + 3 sub-models with ~70% of elements changed (rest exactly equal)."""
-    from sftmerge.synthetic import FamilySpec, write_family
+    from sftmerge.data.synthetic import FamilySpec, write_family
 
     out = tmp_path_factory.mktemp("family")
     write_family(out, FamilySpec(k=3, seed=0, dtype="bfloat16"))
@@ -27,7 +27,7 @@ def family(tmp_path_factory):
 @pytest.fixture(scope="session")
 def other_family(tmp_path_factory):
     """A family of a different width, for shape-mismatch errors."""
-    from sftmerge.synthetic import FamilySpec, write_family
+    from sftmerge.data.synthetic import FamilySpec, write_family
 
     out = tmp_path_factory.mktemp("wide")
     write_family(out, FamilySpec(k=2, seed=1, hidden_size=96, intermediate_size=160))

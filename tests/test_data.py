@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from sftmerge.data import (
+from sftmerge.data.pairs import (
     Pair,
     arith_pairs,
     extract_answer,

@@ -10,8 +10,8 @@ import yaml
 from click.testing import CliRunner
 
 from conftest import SHARED_DATA
-from sftmerge.cli import main
-from sftmerge.demo import MERGES
+from sftmerge.cli.main import main
+from sftmerge.pipelines.multi_order import MERGES
 
 MODELS = ["order-0", "order-1", *MERGES]
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SHARED_DATA
-from sftmerge.cli import main
+from sftmerge.cli.main import main
 
 ALL = "arith,gsm8k,humaneval,mbpp,alpaca"
 
@@ -163,7 +163,7 @@ def test_pass_at_k_with_sampled_completions(tiny_chat_model, tmp_path):
 
 
 def test_model_card_reads_the_results(full_run):
-    from sftmerge.card_results import read_results
+    from sftmerge.hub.card_results import read_results
 
     _, out = full_run
     rows = read_results(out, "order-0")

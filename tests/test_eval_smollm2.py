@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from sftmerge.cli import main
+from sftmerge.cli.main import main
 
 
 @pytest.mark.slow

@@ -23,9 +23,9 @@ from huggingface_hub import EvalResult, ModelCard
 from huggingface_hub.repocard import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
-from sftmerge.card import license_of
-from sftmerge.cli import main
-from sftmerge.recipes import render
+from sftmerge.hub.card import license_of
+from sftmerge.cli.main import main
+from sftmerge.merge.recipes import render
 
 from conftest import tool
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import tool
-from sftmerge.cli import main
+from sftmerge.cli.main import main
 from sftmerge.eval.imbalance import binned_means, merged_losses
 from sftmerge.train.config import SFTRunConfig
 from sftmerge.train.sft import run_multi_order

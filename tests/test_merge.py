@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from conftest import tool
-from sftmerge.cli import main
+from sftmerge.cli.main import main
 
 
 def load_weights(folder: Path) -> dict:

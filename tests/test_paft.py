@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from conftest import _smollm2_gguf, tool
-from sftmerge.cli import main
+from sftmerge.cli.main import main
 from sftmerge.errors import SftmergeError
-from sftmerge.preference import load_preferences, wrong_step
+from sftmerge.data.preference import load_preferences, wrong_step
 from sftmerge.train.config import SFTRunConfig, config_from_dict
 from sftmerge.train.dpo_config import DPORunConfig
 
@@ -59,7 +59,7 @@ def dpo_config(base, **kw) -> DPORunConfig:
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_bf16_base, tmp_path_factory):
-    from sftmerge.train.paft import run_paft
+    from sftmerge.pipelines.paft import run_paft
 
     out = tmp_path_factory.mktemp("paft") / "run"
     lines = []
@@ -160,7 +160,7 @@ def test_report_has_every_model_with_intervals_and_sparsity(pipeline):
 
 
 def test_pipeline_rerun_skips_finished_steps(pipeline, tiny_bf16_base):
-    from sftmerge.train.paft import run_paft
+    from sftmerge.pipelines.paft import run_paft
 
     out = pipeline[0]
     before = (out / "dpo" / "model.safetensors").stat().st_mtime_ns
@@ -174,7 +174,7 @@ def test_pipeline_rerun_skips_finished_steps(pipeline, tiny_bf16_base):
 # ---------------------------------------------------------------- data and errors
 
 def test_arith_rejected_has_one_wrong_step_and_a_wrong_answer():
-    from sftmerge.data import extract_answer
+    from sftmerge.data.pairs import extract_answer
 
     prefs = load_preferences("arith", limit=50, seed=3)
     assert prefs == load_preferences("arith", limit=50, seed=3)  # seeded
@@ -192,7 +192,7 @@ def test_arith_rejected_has_one_wrong_step_and_a_wrong_answer():
 
 def test_ultrafeedback_local_copy_in_its_hub_layout(tmp_path):
     """ultrafeedback:DIR reads DIR/train_prefs.jsonl rows as the Hub dataset has them."""
-    from sftmerge.preference import to_dpo_dataset
+    from sftmerge.data.preference import to_dpo_dataset
 
     rows = [{
         "prompt": f"Question {i}?", "prompt_id": f"id{i}",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftmerge.recipes import (DEFAULT_BASE, DEFAULT_SEED, METHODS, PAFT_DPO, PAFT_METHODS, PAFT_SFT, default_models,
+from sftmerge.merge.recipes import (DEFAULT_BASE, DEFAULT_SEED, METHODS, PAFT_DPO, PAFT_METHODS, PAFT_SFT, default_models,
                               paft_recipe, recipe)
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from sftmerge.cli import main
+from sftmerge.cli.main import main
 from sftmerge.eval.sparsity import OVERALL, delta_sparsity, layer_type
 from test_merge import load_weights
 

@@ -108,7 +108,7 @@ def test_order_folder_is_a_complete_hf_model(two_orders):
 
 
 def test_sample_losses_cover_every_sample_once(two_orders):
-    from sftmerge.data import load_pairs
+    from sftmerge.data.pairs import load_pairs
 
     ids = [p.id for p in load_pairs("arith", limit=12)]
     for k in (0, 1):
@@ -249,7 +249,7 @@ def test_default_config_loads():
     ],
 )
 def test_cli_bad_input_is_one_line_and_leaves_nothing(tiny_base, tmp_path, yaml_text, args, message):
-    from sftmerge.cli import main
+    from sftmerge.cli.main import main
 
     path = tmp_path / "c.yaml"
     if "[" in yaml_text:

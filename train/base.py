@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from sftmerge.errors import SftmergeError
-from sftmerge.fsutil import atomic_output_dir
+from sftmerge.io.fsutil import atomic_output_dir
 
 MARKER = "sftmerge_base.json"
 BASES = {

@@ -16,8 +16,8 @@ from typing import Callable, Dict
 
 import torch
 
-from sftmerge.fsutil import atomic_output_dir, write_json
-from sftmerge.preference import load_preferences, to_dpo_dataset
+from sftmerge.io.fsutil import atomic_output_dir, write_json
+from sftmerge.data.preference import load_preferences, to_dpo_dataset
 from sftmerge.train.base import base_dtype, check_base
 from sftmerge.train.config import dump_config
 from sftmerge.train.dpo_config import DPORunConfig

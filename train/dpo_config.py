@@ -22,7 +22,7 @@ class DPORunConfig:
 
     # --- what to train on
     base: str = "models/smollm2-135m-instruct"  # HF id or local folder; the SAME base as the SFT run for PAFT
-    data: str = "ultrafeedback"  # arith | ultrafeedback[:DIR] | jsonl:PATH (see sftmerge.preference)
+    data: str = "ultrafeedback"  # arith | ultrafeedback[:DIR] | jsonl:PATH (see sftmerge.data.preference)
     num_samples: Optional[int] = None  # first N preference pairs (arith: how many to generate)
     data_seed: int = 0  # seed of the arith generator and of its wrong steps
     output_dir: str = "runs/paft/dpo"  # the model folder written

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from sftmerge.data import Pair, load_pairs
+from sftmerge.data.pairs import Pair, load_pairs
 from sftmerge.errors import SftmergeError
 from sftmerge.train.config import SFTRunConfig, load_config
 

@@ -20,9 +20,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from sftmerge.data import Pair, load_pairs
+from sftmerge.data.pairs import Pair, load_pairs
 from sftmerge.errors import SftmergeError
-from sftmerge.fsutil import write_json
+from sftmerge.io.fsutil import write_json
 from sftmerge.train.base import base_dtype, check_base
 from sftmerge.train.config import SFTRunConfig, dump_config
 from sftmerge.train.l1 import L1Delta
@@ -407,7 +407,7 @@ def prepare_run(config: SFTRunConfig) -> Path:
 def run_multi_order(config: SFTRunConfig, only: Optional[Sequence[int]] = None,
                     echo: Callable[[str], None] = print, callbacks: Sequence = ()) -> List[Dict]:
     """Train the orders of `config` (all K, or `only` those), skipping finished ones."""
-    from sftmerge.recipes import write_recipe_set
+    from sftmerge.merge.recipes import write_recipe_set
 
     state = process_state()
     K = config.orders

@@ -5,7 +5,7 @@ interleaved plain, l1, l1, plain, ... so drift in machine load hits both alike. 
 the Trainer's train_runtime (from summary.json) and the process's peak RSS (ru_maxrss),
 medians per variant, then the ratios l1 / plain.
 
-    python -m sftmerge.train.bench_l1 --config CFG --base BASE [--runs 3] [--num-samples 32] [--l1 1e-4]
+    python -m bench.train_l1 --config CFG --base BASE [--runs 3] [--num-samples 32] [--l1 1e-4]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main(config, base, runs, num_samples, l1, child, out) -> None:
     for variant in order:
         tmp = tempfile.mkdtemp(prefix="bench-l1-")
         strength = 0.0 if variant == "plain" else l1
-        cmd = [sys.executable, "-m", "sftmerge.train.bench_l1", "--config", config, "--base", base,
+        cmd = [sys.executable, "-m", "bench.train_l1", "--config", config, "--base", base,
                "--num-samples", str(num_samples), "--child", str(strength), "--out", str(Path(tmp) / "run")]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from sftmerge.demo import MERGES
+from sftmerge.pipelines.multi_order import MERGES
 
 
 @click.command("demo")
@@ -35,7 +35,7 @@ def demo_command(config, orders, base, data, num_train_epochs, num_samples, outp
 
     A rerun skips finished stages (and finished orders, merges and evaluations inside them).
     """
-    from sftmerge.demo import DemoSettings, run_demo
+    from sftmerge.pipelines.multi_order import DemoSettings, run_demo
     from sftmerge.errors import SftmergeError
     from sftmerge.train.config import DEFAULT_CONFIG
 

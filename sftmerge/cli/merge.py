@@ -18,14 +18,15 @@ def merge(merge_options: MergeOptions, recipe: str, out: str, overwrite: bool, v
     Writes OUT/merge_report.json: per input model the fraction of elements taken
     from it, the fraction equal to the base before/after resampling, and the seed.
     """
-    from sftmerge.merging import load_recipe, run_recipe
+    from sftmerge.hub.card import merge_with_card
+    from sftmerge.merge.driver import load_recipe
 
     parsed = load_recipe(recipe)
     if validate_only:
         click.echo(f"ok: {recipe} ({parsed.config.merge_method})")
         return
     merge_options.apply_global_options()
-    report = run_recipe(parsed, out, merge_options, overwrite=overwrite)
+    report = merge_with_card(parsed, out, merge_options, overwrite=overwrite)
     line = f"merged {recipe} -> {out} in {report['seconds']:.1f}s"
     if "fraction_from_model" in report:
         fr = ", ".join(f"{v:.3f}" for v in report["fraction_from_model"].values())

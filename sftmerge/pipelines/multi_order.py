@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from sftmerge.errors import SftmergeError
-from sftmerge.fsutil import write_json
+from sftmerge.io.fsutil import write_json
 
-MERGES = ("average", "select", "resample", "ties")  # recipe names from sftmerge.recipes
+MERGES = ("average", "select", "resample", "ties")  # recipe names from sftmerge.merge.recipes
 TASK_FOR_DATA = {"arith": "arith", "gsm8k": "gsm8k", "alpaca": "alpaca", "code": "mbpp"}
 # Where a --data-dir holds each training set (the layout of ../shared/data).
 DATA_SUBDIR = {"gsm8k": "gsm8k", "alpaca": "alpaca", "code": "mbpp"}
@@ -62,7 +62,7 @@ def stage_merge(run: Path, merges, echo) -> str:
     """Each recipe of RUN/recipes/ through the stock mergekit-yaml into RUN/merged/<name>/."""
     from tqdm.auto import tqdm
 
-    from sftmerge.stock_merge import mergekit_yaml
+    from sftmerge.merge.stock import mergekit_yaml
 
     done = 0
     for name in tqdm(merges, desc="merging (mergekit-yaml)", unit="merge"):
@@ -122,7 +122,7 @@ def stage_imbalance(run: Path, merges, config, limit: Optional[int]) -> str:
         imbalance(run, merged, out)
         did.append("figures 1, 3")
     if config.keep_checkpoint_steps and not (run / "steps" / "steps.json").is_file():
-        from sftmerge.eval.steps import step_curves
+        from sftmerge.pipelines.steps import step_curves
 
         step_curves(run, run / "steps", "select", limit or 100)
         did.append("figure 4")
@@ -131,7 +131,7 @@ def stage_imbalance(run: Path, merges, config, limit: Optional[int]) -> str:
 
 def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Path:
     """All stages in order; returns the report's path."""
-    from sftmerge.demo_report import machine, write_report
+    from sftmerge.pipelines.report import machine, write_report
     from sftmerge.train.config import load_config
 
     config = load_config(settings.config, settings.overrides)

@@ -7,7 +7,7 @@ Throughput is response+prompt tokens of the prepared dataset x epochs over the
 Trainer's train_runtime, counted the same way for both. Prints the medians, and last the
 ratio sftmerge / plain (target: at least 0.95).
 
-    python -m sftmerge.train.bench [--config CFG] [--runs N] [--num-samples N] [--epochs E]
+    python -m bench.train [--config CFG] [--runs N] [--num-samples N] [--epochs E]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def run_sftmerge(cfg: Path, out: Path, env) -> dict:
 
 
 def run_plain(cfg: Path, out: Path, env) -> dict:
-    lines = _run([sys.executable, "-m", "sftmerge.train.bench_plain", str(cfg), str(out)], env).strip().splitlines()
+    lines = _run([sys.executable, "-m", "bench.train_plain", str(cfg), str(out)], env).strip().splitlines()
     return json.loads(lines[-1])
 
 

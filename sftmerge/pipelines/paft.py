@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from sftmerge.errors import SftmergeError
-from sftmerge.fsutil import write_json, write_text
+from sftmerge.io.fsutil import write_json, write_text
 from sftmerge.train.config import SFTRunConfig
 from sftmerge.train.dpo_config import DPORunConfig
 
@@ -50,8 +50,9 @@ def train_all(sft: SFTRunConfig, dpo: DPORunConfig, l1: float, out: Path, echo: 
 def merge_all(base: str, out: Path, echo: Callable) -> None:
     from mergekit.options import MergeOptions
 
-    from sftmerge.merging import load_recipe, run_recipe
-    from sftmerge.recipes import write_paft_recipes
+    from sftmerge.hub.card import merge_with_card
+    from sftmerge.merge.driver import load_recipe
+    from sftmerge.merge.recipes import write_paft_recipes
 
     recipes = write_paft_recipes(out / "recipes", base, f"{out}/sft-l1/order-0", f"{out}/dpo",
                                  made_by=f"Made by `sftmerge train paft` for {out}.")
@@ -60,7 +61,7 @@ def merge_all(base: str, out: Path, echo: Callable) -> None:
         if (target / "config.json").is_file():
             echo(f"{target}: already merged, skipped")
             continue
-        report = run_recipe(load_recipe(recipes[method]), target, MergeOptions(copy_tokenizer=True))
+        report = merge_with_card(load_recipe(recipes[method]), target, MergeOptions(copy_tokenizer=True))
         echo(f"merged {recipes[method]} -> {target} in {report['seconds']:.1f}s")
 
 
@@ -123,7 +124,7 @@ BASELINE = "sft-dpo"  # the usual sequential pipeline
 
 def paired_vs_sequential(models: Dict[str, str], out: Path, seed: int = 0) -> List[Dict]:
     """Each PAFT merge against sequential SFT -> DPO and plain SFT, on the same problems."""
-    from sftmerge.demo_report import paired_rows
+    from sftmerge.pipelines.report import paired_rows
     from sftmerge.eval.backends import model_name
 
     # eval/<label>/<model folder name>/arith.samples.jsonl, as `evaluate_all` writes them.
@@ -135,7 +136,7 @@ def paired_vs_sequential(models: Dict[str, str], out: Path, seed: int = 0) -> Li
 
 def verdict(rows: List[Dict], merge: str) -> str:
     """One sentence: did `merge` beat the sequential baseline (95% intervals of the paired differences)?"""
-    from sftmerge.demo_report import LABELS
+    from sftmerge.pipelines.report import LABELS
 
     better, worse = [], []
     for r in rows:
@@ -160,7 +161,7 @@ def verdict(rows: List[Dict], merge: str) -> str:
 
 
 def paired_markdown(rows: List[Dict]) -> str:
-    from sftmerge.demo_report import paired_table_markdown
+    from sftmerge.pipelines.report import paired_table_markdown
 
     lines = ["", "## PAFT against sequential training", ""]
     lines += [f"* {verdict(rows, m)}" for m in MERGES]

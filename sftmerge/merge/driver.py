@@ -14,16 +14,15 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import yaml
 
-from sftmerge import checkpoint
+from sftmerge.io import checkpoint
 from sftmerge.errors import SftmergeError
+from sftmerge.io.layout import RECIPE_NAME, REPORT_NAME
+from sftmerge.io.sources import looks_like_hub_id
 
-REPORT_NAME = "merge_report.json"
-RECIPE_NAME = "mergekit_config.yml"  # the name mergekit gives the recipe in its outputs
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -73,7 +72,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         raw=raw,
         config=config,
         base=base,
-        inputs=[i for i in _inputs(config) if i[0] != base],
+        inputs=[i for i in recipe_inputs(config) if i[0] != base],
         parameters=dict(config.parameters or {}),
     )
     validate_recipe(recipe)
@@ -100,7 +99,7 @@ def _method(name: str):
         raise SftmergeError(f"unknown merge method {name!r} (known: {known})") from None
 
 
-def _inputs(config) -> List[Tuple[str, Optional[dict], str]]:
+def recipe_inputs(config) -> List[Tuple[str, Optional[dict], str]]:
     """(model path, its parameters, where) for every non-base input of the recipe."""
     out = []
     for i, m in enumerate(config.models or []):
@@ -116,7 +115,7 @@ def _inputs(config) -> List[Tuple[str, Optional[dict], str]]:
 
 def _parameter_blocks(config) -> List[Tuple[Optional[dict], str]]:
     blocks = [(config.parameters, "parameters")]
-    blocks += [(p, f"{where}.parameters") for _, p, where in _inputs(config)]
+    blocks += [(p, f"{where}.parameters") for _, p, where in recipe_inputs(config)]
     for i, s in enumerate(config.slices or []):
         blocks.append((s.parameters, f"slices[{i}].parameters"))
     return blocks
@@ -200,13 +199,6 @@ def _validate_param_select(config, inputs, base) -> None:
         raise SftmergeError("param_select weights are all 0: at least one model needs a positive weight")
 
 
-def _looks_like_hub_id(path: str) -> bool:
-    if not _HUB_ID.match(path) or path.startswith((".", "/", "~")):
-        return False
-    # `models/foo` is a local path when `models/` exists here.
-    return not Path(path.split("/")[0]).exists()
-
-
 def _check_model_exists(path: str) -> None:
     p = Path(path).expanduser()
     if p.is_dir():
@@ -215,7 +207,7 @@ def _check_model_exists(path: str) -> None:
         return
     if p.exists():
         raise SftmergeError(f"model path {path} is a file, not a model folder")
-    if not _looks_like_hub_id(path) or os.environ.get("HF_HUB_OFFLINE") == "1":
+    if not looks_like_hub_id(path) or os.environ.get("HF_HUB_OFFLINE") == "1":
         raise SftmergeError(f"model not found: {path} (no such folder)")
 
 
@@ -247,12 +239,15 @@ def _check_compatible(paths: List[str]) -> None:
             raise SftmergeError(f"{path} lacks tensor {missing[0]} that {ref_path} has ({len(missing)} missing)")
 
 
-def run_recipe(recipe: Recipe, out: str | os.PathLike, options, overwrite: bool = False) -> dict:
-    """Merge into a temporary folder, write merge_report.json, then rename to `out`."""
+def run_recipe(recipe: Recipe, out: str | os.PathLike, options, overwrite: bool = False,
+               finish: Optional[Callable[[Path], None]] = None) -> dict:
+    """Merge into a temporary folder, write merge_report.json, then rename to `out`.
+
+    `finish(tmp)` writes further files (the model card) before the folder is declared complete.
+    """
     from mergekit.merge import run_merge
 
-    from sftmerge.card import write_card
-    from sftmerge.fsutil import atomic_output_dir, write_json, write_text
+    from sftmerge.io.fsutil import atomic_output_dir, write_json, write_text
     from sftmerge.plugins.stats import SELECTION_STATS
 
     SELECTION_STATS.clear()
@@ -270,8 +265,8 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, options, overwrite: bool 
         report = build_report(recipe, time.perf_counter() - start)
         write_json(tmp / REPORT_NAME, report)
         write_text(tmp / RECIPE_NAME, recipe.source)
-        if options.write_model_card:
-            write_card(tmp, name=Path(out).name)
+        if finish is not None:
+            finish(tmp)
     return report
 
 

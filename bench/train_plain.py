@@ -4,7 +4,7 @@ What a TRL user would write for the same config: the same model, data, chat form
 and optimisation settings, TRL's default (random) sampler, no sftmerge machinery.
 Prints one JSON line with its training throughput, counted as sftmerge counts it.
 
-    python -m sftmerge.train.bench_plain CONFIG.yaml OUT_DIR
+    python -m bench.train_plain CONFIG.yaml OUT_DIR
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
-from sftmerge.data import load_pairs
+from sftmerge.data.pairs import load_pairs
 
 
 def main(config_path: str, out: str) -> None:

@@ -3,7 +3,7 @@
 A preference spec is one of:
 
 - `arith`: built in. Prompts and correct solutions from the arith generator
-  (`sftmerge.data`); the rejected answer is the same solution with ONE step's result
+  (`sftmerge.data.pairs`); the rejected answer is the same solution with ONE step's result
   changed (the step and the error drawn from a seed), the error carried into the final
   `#### N`, so chosen and rejected differ exactly from that step on.
 - `ultrafeedback[:DIR]`: HuggingFaceH4/ultrafeedback_binarized (splits train_prefs,
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from sftmerge.data import arith_pairs
+from sftmerge.data.pairs import arith_pairs
 from sftmerge.errors import SftmergeError
 
 FIELDS = ("prompt", "chosen", "rejected")

@@ -44,7 +44,7 @@ def check_finished_merge(folder: Path) -> None:
 
     from huggingface_hub import ModelCard
 
-    from sftmerge.card import CARD_NAME, CARD_TAGS, RECIPE_NAME
+    from sftmerge.hub.card import CARD_NAME, CARD_TAGS, RECIPE_NAME
 
     if not folder.is_dir():
         raise SftmergeError(f"{folder} is not a folder")
@@ -176,7 +176,7 @@ def push_command(out: str, repo_id: str, private: bool, dry_run: bool) -> None:
     """
     from huggingface_hub import constants
 
-    from sftmerge.card import CARD_NAME
+    from sftmerge.hub.card import CARD_NAME
 
     folder = Path(out)
     _valid_repo_id(repo_id)
@@ -226,8 +226,8 @@ def pull_command(repo_id: str, out: str, revision: Optional[str], overwrite: boo
     """
     from huggingface_hub import HfApi, constants, hf_hub_download
 
-    from sftmerge.card import RECIPE_NAME, parse_recipe_text
-    from sftmerge.fsutil import write_text
+    from sftmerge.hub.card import RECIPE_NAME, parse_recipe_text
+    from sftmerge.io.fsutil import write_text
 
     _valid_repo_id(repo_id)
     target = Path(out) / f"{repo_id.split('/')[-1]}.yml"

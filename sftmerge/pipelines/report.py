@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-from sftmerge.fsutil import write_json, write_text
+from sftmerge.io.fsutil import write_json, write_text
 
 # Per-sample keys compared pairwise (arith: correct, loss; gsm8k: one key per answer filter).
 LABELS = {"correct": "exact match", "loss": "held-out loss"}

@@ -16,9 +16,10 @@ from typing import Dict, List, Optional, Sequence
 import click
 
 from sftmerge.errors import SftmergeError
+from sftmerge.io.layout import RECIPE_NAME, REPORT_NAME
+from sftmerge.io.sources import looks_like_hub_id
 
 CARD_NAME = "README.md"
-RECIPE_NAME = "mergekit_config.yml"  # mergekit writes the recipe text it merged here
 CARD_TAGS = ("merge", "mergekit", "sftmerge")
 LIBRARY = "transformers"
 # A model inside the Hub's download cache: .../models--ORG--NAME/snapshots/<commit>
@@ -51,7 +52,7 @@ def parse_recipe_text(text: str, where: str):
 
 
 def read_merge_folder(folder: str | Path) -> MergeFolder:
-    from sftmerge.merging import REPORT_NAME, _inputs
+    from sftmerge.merge.driver import recipe_inputs
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -62,7 +63,7 @@ def read_merge_folder(folder: str | Path) -> MergeFolder:
     text = recipe_path.read_text(encoding="utf-8")
     config = parse_recipe_text(text, str(recipe_path))
     base = str(config.base_model) if config.base_model else None
-    models = list(dict.fromkeys(m for m, _, _ in _inputs(config) if m != base))
+    models = list(dict.fromkeys(m for m, _, _ in recipe_inputs(config) if m != base))
     report_path = folder / REPORT_NAME
     report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else {}
     return MergeFolder(folder, text, config.merge_method, dict(config.parameters or {}), base, models, report)
@@ -70,7 +71,6 @@ def read_merge_folder(folder: str | Path) -> MergeFolder:
 
 def hub_id_of(path: str, hub_ids: Dict[str, str]) -> Optional[str]:
     """The Hub id of an input, or None for a local folder of unknown origin."""
-    from sftmerge.merging import _looks_like_hub_id
 
     local = Path(path).expanduser()
     for given, repo_id in hub_ids.items():
@@ -79,7 +79,7 @@ def hub_id_of(path: str, hub_ids: Dict[str, str]) -> Optional[str]:
     if local.exists():
         found = _CACHE_SNAPSHOT.search(local.resolve().as_posix())
         return f"{found[1]}/{found[2]}" if found else None
-    return path if _looks_like_hub_id(path) else None
+    return path if looks_like_hub_id(path) else None
 
 
 def license_of(path: str) -> Dict[str, str]:
@@ -139,7 +139,7 @@ def build_card(folder: str | Path, name: Optional[str] = None, results_dir: Opti
     """The card of a merge output folder as a huggingface_hub ModelCard (not yet written)."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from sftmerge.card_results import eval_results, read_results
+    from sftmerge.hub.card_results import eval_results, read_results
 
     merge = read_merge_folder(folder)
     name = name or merge.path.name
@@ -164,8 +164,8 @@ def build_card(folder: str | Path, name: Optional[str] = None, results_dir: Opti
 
 
 def _body(merge: MergeFolder, name: str, rows, local_only: bool) -> str:
-    from sftmerge.card_results import results_table
-    from sftmerge.card_text import MERGEKIT_URL, base_share_line, inputs_table, method_section, yaml_block
+    from sftmerge.hub.card_results import results_table
+    from sftmerge.hub.card_text import MERGEKIT_URL, base_share_line, inputs_table, method_section, yaml_block
 
     base_text = f" on the base `{merge.base}`" if merge.base else ""
     parts = [
@@ -230,12 +230,21 @@ def check_card(card, data, recipe_text: str) -> None:
 def write_card(folder: str | Path, name: Optional[str] = None, results_dir: Optional[str | Path] = None,
                hub_ids: Optional[Dict[str, str]] = None) -> Path:
     """Build, check and atomically (re)write FOLDER/README.md; returns its path."""
-    from sftmerge.fsutil import write_text
+    from sftmerge.io.fsutil import write_text
 
     card = build_card(folder, name=name, results_dir=results_dir, hub_ids=hub_ids)
     path = Path(folder) / CARD_NAME
     write_text(path, str(card))
     return path
+
+
+def merge_with_card(recipe, out: str | Path, options, overwrite: bool = False) -> dict:
+    """Run a recipe (`merge.driver.run_recipe`) and write this project's card into the output
+    before it is declared complete (unless mergekit's `--no-write-model-card` was given)."""
+    from sftmerge.merge.driver import run_recipe
+
+    finish = (lambda tmp: write_card(tmp, name=Path(out).name)) if options.write_model_card else None
+    return run_recipe(recipe, out, options, overwrite=overwrite, finish=finish)
 
 
 def parse_hub_ids(pairs: Sequence[str]) -> Dict[str, str]:

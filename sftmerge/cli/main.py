@@ -55,15 +55,15 @@ class _Group(click.Group):
 
 
 LAZY = {
-    "merge": ("sftmerge.merge_cli:merge", "Validate a mergekit recipe strictly, then merge it (writes merge_report.json)."),
-    "analyze": ("sftmerge.eval.analyze:analyze", "Diagnostics: delta sparsity, training imbalance."),
-    "base": ("sftmerge.train.cli:base", "Write the embedded default base model (SmolLM2-135M-Instruct) as an HF folder."),
-    "train": ("sftmerge.train.cli:train", "Training: multi-order SFT (optionally L1-sparse), DPO/ORPO, the PAFT pipeline."),
-    "eval": ("sftmerge.eval.cli:eval_command", "Evaluate models on arith, GSM8K, HumanEval, MBPP and AlpacaEval."),
-    "card": ("sftmerge.card:card_command", "(Re)write the Hugging Face model card of a merged model folder."),
-    "push": ("sftmerge.hub:push_command", "Upload a finished merge to the Hugging Face Hub (--dry-run lists it)."),
-    "demo": ("sftmerge.demo_cli:demo_command", "The main job end to end: train K orders, merge, evaluate, REPORT.md."),
-    "recipe": ("sftmerge.hub:recipe_group", "Recipes on the Hub: pull a shared merge's recipe into recipes/."),
+    "merge": ("sftmerge.cli.merge:merge", "Validate a mergekit recipe strictly, then merge it (writes merge_report.json)."),
+    "analyze": ("sftmerge.cli.analyze:analyze", "Diagnostics: delta sparsity, training imbalance."),
+    "base": ("sftmerge.cli.train:base", "Write the embedded default base model (SmolLM2-135M-Instruct) as an HF folder."),
+    "train": ("sftmerge.cli.train:train", "Training: multi-order SFT (optionally L1-sparse), DPO/ORPO, the PAFT pipeline."),
+    "eval": ("sftmerge.cli.eval:eval_command", "Evaluate models on arith, GSM8K, HumanEval, MBPP and AlpacaEval."),
+    "card": ("sftmerge.hub.card:card_command", "(Re)write the Hugging Face model card of a merged model folder."),
+    "push": ("sftmerge.hub.push:push_command", "Upload a finished merge to the Hugging Face Hub (--dry-run lists it)."),
+    "demo": ("sftmerge.cli.demo:demo_command", "The main job end to end: train K orders, merge, evaluate, REPORT.md."),
+    "recipe": ("sftmerge.hub.push:recipe_group", "Recipes on the Hub: pull a shared merge's recipe into recipes/."),
 }
 
 
@@ -87,9 +87,9 @@ def toy_models(out: str, k: int, seed: int, dtype: str, overwrite: bool) -> None
     """
     from pathlib import Path
 
-    from sftmerge.fsutil import atomic_output_dir
-    from sftmerge.recipes import write_recipe_set
-    from sftmerge.synthetic import FamilySpec, write_family
+    from sftmerge.io.fsutil import atomic_output_dir
+    from sftmerge.merge.recipes import write_recipe_set
+    from sftmerge.data.synthetic import FamilySpec, write_family
 
     if k < 2:
         raise SftmergeError(f"--k must be at least 2 (got {k})")
@@ -105,15 +105,6 @@ def toy_models(out: str, k: int, seed: int, dtype: str, overwrite: bool) -> None
         )
     click.echo(f"wrote base + {k} sub-models and recipes to {Path(out)}")
 
-
-@main.group()
-def bench() -> None:
-    """Benchmarks that print ratios against a peer run in the same session."""
-
-
-from sftmerge.bench_merge import bench_merge  # noqa: E402  (light: no torch at import)
-
-bench.add_command(bench_merge)
 
 if __name__ == "__main__":
     main()

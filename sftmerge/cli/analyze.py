@@ -73,7 +73,7 @@ def steps_command(run: str, method: str, limit: int, seed: int, out) -> None:
     Needs a run trained with keep_checkpoint_steps. Writes OUT/steps.{png,csv,json},
     OUT/recipes/step-N.yml and the merges OUT/merged/step-N/ (reused on a rerun).
     """
-    from sftmerge.eval.steps import step_curves, steps_line
+    from sftmerge.pipelines.steps import step_curves, steps_line
 
     if limit < 1:
         raise SftmergeError(f"--limit must be at least 1 (got {limit})")

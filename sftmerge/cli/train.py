@@ -102,7 +102,7 @@ def paft(sft_config, dpo_config, l1, base, num_samples, num_train_epochs, eval_l
     merges; arith evaluation and delta sparsity; OUT/report.md. A rerun skips finished steps."""
     from sftmerge.train.config import DEFAULT_CONFIG, load_config
     from sftmerge.train.dpo_config import DEFAULT_DPO_CONFIG, DPORunConfig
-    from sftmerge.train.paft import run_paft
+    from sftmerge.pipelines.paft import run_paft
 
     sft_cfg = load_config(sft_config or DEFAULT_CONFIG,
                           dict(base=base, num_samples=num_samples, num_train_epochs=num_train_epochs))

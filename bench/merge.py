@@ -1,4 +1,4 @@
-"""`sftmerge bench merge`: param_select (with and without resampling) against mergekit `linear`.
+"""`make bench-merge` (`python -m bench.merge`): param_select (with and without resampling) against mergekit `linear`.
 
 A synthetic ~1.1B-parameter bf16 Llama family (base + 3 sub-models) is generated once
 and cached. Each merge runs in its own process (so peak RSS is that merge's alone);
@@ -45,7 +45,7 @@ METHODS = {
 
 def ensure_family(cache: Path, spec) -> Path:
     """Generate the family unless the cache already holds exactly this spec."""
-    from sftmerge.synthetic import write_family
+    from sftmerge.data.synthetic import write_family
 
     folder = cache / "family-1b"
     marker = folder / "family.json"
@@ -81,7 +81,7 @@ def run_once(recipe: Path, scratch: Path, env: Optional[Dict[str, str]] = None) 
     out = Path(tempfile.mkdtemp(prefix="merge-", dir=scratch))
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "sftmerge.bench_merge", str(recipe), str(out)],
+            [sys.executable, "-m", "bench.merge", "--worker", str(recipe), str(out)],
             capture_output=True, text=True, check=False, env={**os.environ, **(env or {})},
         )
         if proc.returncode != 0:
@@ -94,7 +94,7 @@ def run_once(recipe: Path, scratch: Path, env: Optional[Dict[str, str]] = None) 
 def run_benchmark(cache: Path, runs: int) -> Dict[str, List[Dict[str, float]]]:
     from tqdm import tqdm
 
-    from sftmerge.synthetic import BENCH_1B, FamilySpec
+    from sftmerge.data.synthetic import BENCH_1B, FamilySpec
 
     spec = FamilySpec(k=3, seed=0, dtype="bfloat16", **BENCH_1B)
     family = ensure_family(cache, spec)
@@ -194,4 +194,7 @@ class MemorySampler(threading.Thread):
 
 
 if __name__ == "__main__":
-    _worker(*sys.argv[1:3])
+    if sys.argv[1:2] == ["--worker"]:
+        _worker(*sys.argv[2:4])
+    else:
+        bench_merge()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from sftmerge.errors import SftmergeError
-from sftmerge.fsutil import write_json, write_text
+from sftmerge.io.fsutil import write_json, write_text
 
 
 def snapshot_steps(run: Path) -> Dict[int, List[Path]]:
@@ -35,7 +35,7 @@ def snapshot_steps(run: Path) -> Dict[int, List[Path]]:
 
 def held_out_pairs(config, limit: int):
     """The data's validation split, else its test split (never the training pairs)."""
-    from sftmerge.data import load_pairs
+    from sftmerge.data.pairs import load_pairs
 
     for split in ("validation", "test"):
         try:
@@ -58,8 +58,8 @@ def step_curves(run: Path, out: Path, method: str = "select", limit: int = 100, 
     """Merge same-step snapshots with `method`, score everything, write steps.{csv,json,png}."""
     from tqdm.auto import tqdm
 
-    from sftmerge.recipes import METHODS, render
-    from sftmerge.stock_merge import mergekit_yaml
+    from sftmerge.merge.recipes import METHODS, render
+    from sftmerge.merge.stock import mergekit_yaml
     from sftmerge.train.prepared import prepared_dataset, run_config
 
     if method not in METHODS:

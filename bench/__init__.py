@@ -1,0 +1,1 @@
+"""Benchmarks (not installed): run by `make bench-merge` and `make bench-train`."""

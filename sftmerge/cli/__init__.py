@@ -1,0 +1,1 @@
+"""The `sftmerge` command line: one group, one module per command family."""

@@ -1,0 +1,1 @@
+"""The merge driver: recipe validation, the stock `mergekit-yaml` runner, the recipe registry."""

@@ -1,0 +1,1 @@
+"""End-to-end pipelines over base -> train -> merge -> eval: multi-order SFT (the demo) and PAFT."""
