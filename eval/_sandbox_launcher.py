@@ -1,150 +1,262 @@
-"""Child side of the code sandbox: confine this process, then run one untrusted program.
+"""Child side of the code sandbox: confine this process, then play one of two roles.
 
-Runs as `python -I -S -B _sandbox_launcher.py LIMITS_JSON` with the program's empty
-working folder as cwd, the program source on stdin, and a pipe for the verdict. It imports nothing from the project (isolated mode, no site-packages).
+Runs as `python -I -S -B _sandbox_launcher.py SPEC` (inside bubblewrap, or bare in weak
+mode) with stdin a file holding its input. Roles:
+- "program": runs the model-written program (then the data set's set-up code), sends the
+  names it defined, then answers calls of its functions; values cross as literals only.
+- "tests": runs the data set's tests against stand-ins for those names. It alone holds the
+  verdict pipe and writes the pass mark ("P") after the tests returned; the program's
+  process never sees that pipe, so nothing it does can produce a pass.
 
-Order matters: operating-system limits first (they hold whatever the program does),
-then the Python audit hook (it cannot be removed once installed), then the program.
-The verdict pipe (fd named in LIMITS) gets "S"+nonce when the program starts and
-"P"+nonce only after it returned normally, so `os._exit(0)` or a stray exit code
-never counts as a pass, and a sandbox that failed to start is told from a failed program.
+Order: rlimits, input read, interpreter hardening (weak mode), audit hook, then the role.
+Imports only the standard library and its sibling modules, loaded by path.
 """
 
-import json
+import builtins
 import os
 import resource
 import sys
+import types  # also: it reads a traceback's frame once, at import, which the hook then forbids
 
-LIMITS = json.loads(sys.argv[1])
-WORK = os.path.realpath(os.getcwd())
-
-
-# --- 1. namespaces (only when the parent started us inside fresh ones) -------------------
-
-def _read_only_filesystem_except_work():
-    """Whole mount tree read-only, the working folder (a fresh tmpfs) writable.
-
-    mount_setattr(2) flips only the read-only bit, recursively, so the other
-    (possibly locked) mount flags need not be known.
-    """
-    import ctypes
-
-    class _MountAttr(ctypes.Structure):
-        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    sys_mount_setattr, at_fdcwd, at_recursive, rdonly = 442, -100, 0x8000, 1
-    # A size-capped tmpfs over the working folder: a disk quota, gone with the namespace.
-    if libc.mount(b"tmpfs", WORK.encode(), b"tmpfs", 0, f"size={LIMITS['folder_bytes']},mode=700".encode()) != 0:
-        raise OSError(ctypes.get_errno(), "tmpfs on the working folder")
-    for path, set_, clr, flags in (("/", rdonly, 0, at_recursive), (WORK, 0, rdonly, 0)):
-        attr = _MountAttr(set_, clr, 0, 0)
-        if libc.syscall(sys_mount_setattr, at_fdcwd, path.encode(), flags,
-                        ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
-            raise OSError(ctypes.get_errno(), f"mount_setattr {path}")
-    os.chdir(WORK)  # the old cwd still points into the folder underneath the new mount
+HERE = os.path.dirname(os.path.abspath(__file__))
+STDLIB_DENY = frozenset({"antigravity", "this", "idlelib", "turtle", "turtledemo", "tkinter", "webbrowser", "pydoc"})
 
 
-if LIMITS["mount_namespace"]:
-    _read_only_filesystem_except_work()
-    # Forget ctypes so the program's own `import ctypes` meets the audit hook.
-    for _name in [m for m in sys.modules if m.split(".")[0] in ("ctypes", "_ctypes")]:
-        del sys.modules[_name]
+def _load(name):
+    """A sibling module, by path: isolated mode puts no folder of ours on sys.path, and
+    importlib.util would cost each process more start-up time than this."""
+    path = os.path.join(HERE, name + ".py")
+    module = types.ModuleType(name)
+    module.__file__ = path
+    with open(path, "rb") as f:
+        code = compile(f.read(), path, "exec")
+    sys.modules[name] = module
+    exec(code, module.__dict__)
+    return module
 
 
-# --- 2. resource limits ------------------------------------------------------------------
-
-def _limit(kind, value):
-    resource.setrlimit(kind, (value, value))
-
-
-_limit(resource.RLIMIT_AS, LIMITS["memory_bytes"])
-_limit(resource.RLIMIT_CPU, LIMITS["cpu_seconds"])
-_limit(resource.RLIMIT_FSIZE, LIMITS["file_bytes"])
-_limit(resource.RLIMIT_NOFILE, 64)
-_limit(resource.RLIMIT_CORE, 0)
-# Counted per real user across the machine: 1 means "no new processes at all" for a
-# normal user. (Root is exempt in the kernel; the audit hook below covers that case.)
-_limit(resource.RLIMIT_NPROC, 1)
+wire = _load("sandbox_wire")
+hooks = _load("_sandbox_hook")
+SPEC = wire.decode(sys.argv[1])
 
 
-def _read_job():
-    nonce = sys.stdin.readline().strip()
-    source = sys.stdin.read()
-    sys.stdin.close()
+def _confine():
+    for kind, value in ((resource.RLIMIT_AS, SPEC["memory_bytes"]), (resource.RLIMIT_CPU, SPEC["cpu_seconds"]),
+                        (resource.RLIMIT_FSIZE, SPEC["file_bytes"]), (resource.RLIMIT_NOFILE, 64),
+                        (resource.RLIMIT_CORE, 0),
+                        # per user: 1 means no new processes, except for root (also root mapped to
+                        # 65534 inside bubblewrap), whom the kernel exempts: there the seccomp filter
+                        # and the hook refuse them
+                        (resource.RLIMIT_NPROC, 1)):
+        resource.setrlimit(kind, (value, value))
+    source = b"".join(iter(lambda: os.read(0, 1 << 16), b""))
     os.close(0)
-    return nonce, source
+    sys.set_int_max_str_digits(0)
+    for name in [m for m in sys.modules if m.split(".")[0] in hooks.BLOCKED_IMPORTS]:
+        del sys.modules[name]
+    if SPEC["weak"]:
+        hooks.harden_weak()
+    if SPEC["audit_hook"]:
+        sys.addaudithook(hooks.make_hook(os.path.realpath(os.getcwd()), SPEC["read_roots"], SPEC["weak"],
+                                         SPEC["max_entries"], untrusted=SPEC["role"] == "program"))
+    return source
 
 
-# --- 3. audit hook: no processes, signals, sockets, native code, writes outside WORK -----
-
-_ALWAYS_BLOCKED = {
-    "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-    "subprocess.Popen", "os.kill", "os.killpg", "signal.pthread_kill",
-    "socket.__new__", "socket.connect", "socket.bind", "socket.sendto", "socket.getaddrinfo",
-    "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "ctypes.call_function",
-    "sys.setprofile", "sys.settrace", "sys.addaudithook", "resource.setrlimit", "resource.prlimit",
-    "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-}
-_BLOCKED_IMPORTS = {"ctypes", "_ctypes", "_posixsubprocess", "multiprocessing", "_multiprocessing", "socket", "_socket"}
-_PATH_EVENTS = {
-    "os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.symlink", "os.link", "os.truncate",
-    "os.chmod", "os.chown", "os.utime", "shutil.rmtree", "os.chflags", "os.lchflags",
-}
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_realpath = os.path.realpath
-_join = os.path.join
-_inside = WORK + os.sep
-
-
-def _is_inside(path):
-    if isinstance(path, int):
-        return True  # an already open descriptor: its opening was checked
-    if isinstance(path, bytes):
-        path = path.decode(errors="replace")
-    full = _realpath(_join(WORK, os.fspath(path)))
-    return full == WORK or full.startswith(_inside)
-
-
-def _audit(event, args):
-    if event in _ALWAYS_BLOCKED:
-        raise PermissionError(f"sandbox: {event} is not allowed")
-    if event == "import" and args[0].split(".")[0] in _BLOCKED_IMPORTS:
-        raise ImportError(f"sandbox: import of {args[0]} is not allowed")
-    if event == "open":
-        path, mode, flags = args
-        if isinstance(path, (str, bytes)):
-            text = path.decode(errors="replace") if isinstance(path, bytes) else path
-            if text.startswith("/proc") or text.startswith("/sys"):
-                raise PermissionError(f"sandbox: reading {text} is not allowed")
-        writing = (mode is not None and any(c in str(mode) for c in "wax+")) or (flags or 0) & _WRITE_FLAGS
-        if writing and not _is_inside(path):
-            raise PermissionError(f"sandbox: writing outside the working folder ({path})")
-    elif event in _PATH_EVENTS:
-        paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
-        if not all(_is_inside(p) for p in paths):
-            raise PermissionError(f"sandbox: {event} outside the working folder")
-
-
-sys.addaudithook(_audit)
-
-
-# --- 4. the program ----------------------------------------------------------------------
-
-def _main(nonce, source):
-    # The nonce lives only in this frame, which the program cannot reach through gc.
-    # "S": confinement is complete and the program starts (its absence means the
-    # sandbox itself failed, which the parent reports instead of scoring a failure).
-    os.write(LIMITS["verdict_fd"], b"S" + nonce.encode())
+def _describe(e, filename=None, source=""):
     try:
-        exec(compile(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-    except BaseException as e:  # SystemExit and KeyboardInterrupt included: not a pass
-        print(f"{type(e).__name__}: {e}"[:2000], file=sys.stderr)
-        sys.stderr.flush()
+        text = f"{type(e).__name__}: {e}"[:1000]
+    except Exception:
+        text = type(e).__name__
+    tb, line = e.__traceback__, None
+    while tb is not None:
+        if filename and tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    if line is not None:
+        lines = source.splitlines()
+        text += f" ({filename} line {line}: {lines[line - 1].strip()[:200] if line <= len(lines) else ''})"
+    return text
+
+
+class _Channel:
+    def __init__(self):
+        self.inp = os.fdopen(SPEC["recv_fd"], "rb")
+        self.out = os.fdopen(SPEC["send_fd"], "wb")
+
+    def send(self, message):
+        self.out.write(wire.encode(message))
+        self.out.flush()
+
+    def receive(self):
+        return wire.read_message(self.inp)
+
+
+# --- the program's process ---------------------------------------------------------------
+
+def run_program(source):
+    program, setup = wire.decode(source)
+    channel = _Channel()
+    channel.send(("ready",))
+    ns = {"__name__": "__main__", "__builtins__": builtins}
+    refs = []
+    try:
+        exec(compile(program, "program.py", "exec"), ns)
+        if setup:
+            exec(compile(setup, "setup.py", "exec"), ns)
+        names = [_entry(name, value, refs) for name, value in list(ns.items())
+                 if type(name) is str and not name.startswith("__")]
+    except BaseException as e:  # SystemExit included: the program did not run to its end
+        print(_describe(e), file=sys.stderr, flush=True)
+        channel.send(("error", type(e).__name__))
         os._exit(1)
-    os.write(LIMITS["verdict_fd"], b"P" + nonce.encode())
+    channel.send(("names", names))
+    while True:
+        try:
+            request = channel.receive()
+        except EOFError:
+            os._exit(0)
+        try:
+            channel.send(_answer(request, ns, refs))
+        except ValueError:  # a result too long for one message
+            channel.send(("e", "ValueError", "the result is too long to send"))
+
+
+def _entry(name, value, refs):
+    if type(value) is types.ModuleType:
+        return (name, "module", str(getattr(value, "__name__", "")))
+    if callable(value):
+        return (name, "call", None)
+    value = wire.to_plain(value)
+    if wire.is_plain(value) and len(repr(value)) < wire.MAX_LINE // 16:
+        return (name, "value", value)
+    refs.append(value)
+    return (name, "ref", len(refs) - 1)
+
+
+def _answer(request, ns, refs):
+    try:
+        _, callee, args, kwargs = request
+        fn = ns[callee] if type(callee) is str else refs[callee]
+        result = fn(*[_unpack(a, ns, refs) for a in args], **{k: _unpack(v, ns, refs) for k, v in kwargs.items()})
+        result = wire.to_plain(result)
+        if wire.is_plain(result):
+            return ("v", result)
+        refs.append(result)
+        return ("r", len(refs) - 1)
+    except BaseException as e:
+        try:
+            text = str(e)[:300]
+        except BaseException:
+            text = ""
+        return ("e", type(e).__name__, text)
+
+
+def _unpack(arg, ns, refs):
+    tag, value = arg
+    return {"v": lambda: value, "r": lambda: refs[value], "f": lambda: ns[value]}[tag]()
+
+
+# --- the tests' process ------------------------------------------------------------------
+
+class _Call:
+    """Stands for a function (or class) of the program: a call runs there."""
+
+    def __init__(self, channel, callee, label):
+        self._channel, self._callee, self._label = channel, callee, label
+
+    def __call__(self, *args, **kwargs):
+        self._channel.send(("call", self._callee, [_pack(a) for a in args], {k: _pack(v) for k, v in kwargs.items()}))
+        reply = self._channel.receive()
+        if type(reply) is tuple and len(reply) == 2 and reply[0] == "v":
+            return reply[1]
+        if type(reply) is tuple and len(reply) == 2 and reply[0] == "r" and type(reply[1]) is int:
+            return _Call(self._channel, reply[1], f"object returned by {self._label}")
+        if type(reply) is tuple and len(reply) == 3 and reply[0] == "e" and type(reply[1]) is str:
+            raise _exception(reply[1], str(reply[2]))
+        raise RuntimeError(f"the program sent a malformed reply to a call of {self._label}")
+
+    def __repr__(self):
+        return f"<{self._label} of the program>"
+
+
+def _pack(value):
+    if type(value) is _Call:
+        return ("f" if type(value._callee) is str else "r", value._callee)
+    if wire.is_plain(value):
+        return ("v", value)
+    raise TypeError(f"a {type(value).__name__} cannot be passed to the program (literals only)")
+
+
+def _exception(name, text):
+    cls = getattr(builtins, name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(text)
+        except Exception:
+            pass
+    return RuntimeError(f"{name}: {text}")
+
+
+def run_tests(source):
+    verdict = SPEC["verdict_fd"]
+    os.write(verdict, b"S")  # confined and running: a later failure is the program's
+    channel = _Channel()
+    try:
+        started = channel.receive() == ("ready",)
+    except (EOFError, ValueError):
+        started = False
+    if not started:
+        os.write(verdict, b"X")
+        os._exit(3)
+    os.write(verdict, b"R")
+    tests = source.decode("utf-8")
+    try:
+        ns = {"__name__": "__main__", "__builtins__": builtins}
+        ns.update(_stand_ins(channel))
+        exec(compile(tests, "tests.py", "exec"), ns)
+    except BaseException as e:
+        print(_describe(e, "tests.py", tests), file=sys.stderr, flush=True)
+        os._exit(1)
+    os.write(verdict, b"P")
     os._exit(0)
 
 
-_main(*_read_job())
+def _stand_ins(channel):
+    try:
+        message = channel.receive()
+    except EOFError:
+        raise RuntimeError("the program ended before the tests (os._exit or a crash)") from None
+    if type(message) is tuple and message[:1] == ("error",):
+        raise RuntimeError(f"the program raised {str(message[1:2])[1:-2]} before the tests")
+    if type(message) is not tuple or len(message) != 2 or message[0] != "names" or type(message[1]) is not list:
+        raise RuntimeError("the program sent a malformed list of names")
+    ns = {}
+    for entry in message[1]:
+        if type(entry) is not tuple or len(entry) != 3 or type(entry[0]) is not str or entry[0].startswith("__"):
+            raise RuntimeError("the program sent a malformed list of names")
+        name, kind, payload = entry
+        if kind == "call":
+            ns[name] = _Call(channel, name, f"function {name}")
+        elif kind == "value":
+            ns[name] = payload
+        elif kind == "ref" and type(payload) is int:
+            ns[name] = _Call(channel, payload, f"object {name}")
+        elif kind == "module" and type(payload) is str and _stdlib(payload):
+            try:  # the tests may use a module the program imported (MBPP: math.isclose)
+                ns[name] = __import__(payload, fromlist=["_"])
+            except Exception:
+                pass
+    return ns
+
+
+def _stdlib(name):
+    top = name.split(".")[0]
+    return top in sys.stdlib_module_names and top not in STDLIB_DENY and not top.startswith("_")
+
+
+def main():
+    source = _confine()
+    (run_program if SPEC["role"] == "program" else run_tests)(source)
+
+
+main()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from sftmerge.data.tasks import TASKS, local_files
 from sftmerge.errors import SftmergeError
 from sftmerge.eval.backends import LoadedModel, chat_prompt, continuation_logprobs, generate, load_model
 from sftmerge.eval.stats import summarize
@@ -24,9 +25,7 @@ from sftmerge.eval.tasks import EvalSettings, TaskResult, default_max_new_tokens
 MAX_NEW_TOKENS = 512
 # In a sub-folder: OUT/<model>/*.json are result files only (the model card reads them all).
 MODEL_OUTPUTS = "alpaca_eval/model_outputs.json"
-PROMPTS_FILE = "alpaca_eval/alpaca_eval_805.jsonl"
-REFERENCE_FILE = "alpaca_eval/gpt4_1106_preview_model_outputs.json"
-HUB_REPO = "tatsu-lab/alpaca_eval"
+HUB_REPO = TASKS["alpaca"].hub
 HUB_PROMPTS, HUB_REFERENCE = "alpaca_eval.json", "alpaca_eval_gpt4_baseline.json"
 
 JUDGE_TEMPLATE = (
@@ -39,22 +38,14 @@ JUDGE_TEMPLATE = (
 _judges: Dict[tuple, LoadedModel] = {}  # loaded once per run, shared by every model judged
 
 
-def check_data(data_dir: Optional[Path]) -> None:
-    if data_dir is None:
-        return
-    for name in (PROMPTS_FILE, REFERENCE_FILE):
-        if not (Path(data_dir) / name).is_file():
-            raise SftmergeError(f"task alpaca: data file {Path(data_dir) / name} not found (--data-dir)")
-
-
 def load_prompts_and_references(data_dir: Optional[Path]) -> tuple:
     """(prompts [{instruction, dataset}], references [{instruction, output, generator}]), same order."""
     if data_dir is not None:
-        check_data(data_dir)
-        with open(Path(data_dir) / PROMPTS_FILE, encoding="utf-8") as f:
+        files = local_files("alpaca", data_dir)
+        with open(files["prompts"], encoding="utf-8") as f:
             prompts = [json.loads(line) for line in f if line.strip()]
-        references = json.loads((Path(data_dir) / REFERENCE_FILE).read_text(encoding="utf-8"))
-        source = f"{Path(data_dir) / PROMPTS_FILE}; references {Path(data_dir) / REFERENCE_FILE}"
+        references = json.loads(Path(files["references"]).read_text(encoding="utf-8"))
+        source = f"{files['prompts']}; references {files['references']}"
     else:
         prompts = _hub_json(HUB_PROMPTS)
         references = _hub_json(HUB_REFERENCE)

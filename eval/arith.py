@@ -12,7 +12,7 @@ import time
 
 from sftmerge.data.pairs import extract_answer, load_pairs
 from sftmerge.eval.backends import LoadedModel, chat_prompt, continuation_logprobs, generate
-from sftmerge.eval.stats import summarize
+from sftmerge.eval.stats import summarize, summarize_proportion
 from sftmerge.eval.tasks import EvalSettings, TaskResult, default_max_new_tokens
 
 DEFAULT_N = 300
@@ -41,7 +41,7 @@ def run(model: LoadedModel, settings: EvalSettings, workdir) -> TaskResult:
         samples.append({"id": pair.id, "prompt": text, "response": response, "target": pair.answer,
                         "extracted": got, "correct": ok, "loss": loss, "target_tokens": n_tokens})
     return TaskResult(
-        metrics={"exact_match": summarize(correct), "loss": summarize(losses, bounds=None)},
+        metrics={"exact_match": summarize_proportion(correct), "loss": summarize(losses, bounds=None)},
         settings={"limit": n, "num_fewshot": 0, "max_new_tokens": max_new, "decoding": "greedy",
                   "answer": "strict: number after '#### '", "chat_template": True,
                   "data": f"sftmerge.data.pairs arith test split, generator seed {settings.arith_seed}",

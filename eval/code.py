@@ -1,8 +1,9 @@
 """HumanEval and MBPP: generation through lm-eval, pass@k by the project's sandbox.
 
-The programs are assembled exactly as lm-eval's code tasks hand them to `code_eval`:
-HumanEval: prompt + completion, then the test and `check(entry_point)`;
-MBPP: the generated code, then the three test asserts.
+The parts are those lm-eval's code tasks hand to `code_eval`, kept apart so that the
+sandbox runs model code and test code in separate processes:
+HumanEval: program = prompt + completion; tests = the test and `check(entry_point)`;
+MBPP: program = the generated code (+ the set-up code); tests = the three asserts.
 """
 
 from __future__ import annotations
@@ -13,28 +14,29 @@ from typing import Dict, List
 from sftmerge.eval import sandbox
 from sftmerge.eval.backends import LoadedModel
 from sftmerge.eval.lm_eval_tasks import evaluate, task_yaml, write_task_yaml
-from sftmerge.eval.stats import pass_at_k, summarize
+from sftmerge.eval.stats import pass_at_k, summarize, summarize_proportion
 from sftmerge.eval.tasks import EvalSettings, TaskResult
 
 
-def humaneval_program(doc: Dict, completion: str) -> str:
-    return f"{doc['prompt']}{completion}\n{doc['test']}\ncheck({doc['entry_point']})\n"
+def humaneval_job(doc: Dict, completion: str) -> sandbox.Job:
+    return sandbox.Job(program=f"{doc['prompt']}{completion}\n",
+                       tests=f"{doc['test']}\ncheck({doc['entry_point']})\n")
 
 
-def mbpp_program(doc: Dict, code: str) -> str:
+def mbpp_job(doc: Dict, code: str) -> sandbox.Job:
     setup = (doc.get("test_setup_code") or "").strip()
-    tests = "\n".join(doc["test_list"])
-    return f"{code}\n{setup}\n{tests}\n" if setup else f"{code}\n{tests}\n"
+    return sandbox.Job(program=f"{code}\n", tests="\n".join(doc["test_list"]) + "\n",
+                       setup=f"{setup}\n" if setup else "")
 
 
-PROGRAM = {"humaneval": humaneval_program, "mbpp": mbpp_program}
+JOB = {"humaneval": humaneval_job, "mbpp": mbpp_job}
 
 
-def reference_program(task: str, doc: Dict) -> str:
-    """The data set's own solution, as a program (the executor's sanity check)."""
+def reference_job(task: str, doc: Dict) -> sandbox.Job:
+    """The data set's own solution as a job (the executor's sanity check)."""
     if task == "humaneval":
-        return humaneval_program(doc, doc["canonical_solution"])
-    return mbpp_program(doc, doc["code"])
+        return humaneval_job(doc, doc["canonical_solution"])
+    return mbpp_job(doc, doc["code"])
 
 
 def load_local_docs(task: str, data_dir) -> List[Dict]:
@@ -42,9 +44,9 @@ def load_local_docs(task: str, data_dir) -> List[Dict]:
     import gzip
     import json
 
-    from sftmerge.eval.lm_eval_tasks import local_data_files
+    from sftmerge.data.tasks import local_files
 
-    path = local_data_files(task, data_dir)["test"]
+    path = local_files(task, data_dir)["test"]
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
         docs = [json.loads(line) for line in f if line.strip()]
@@ -61,7 +63,7 @@ def ks_for(n: int) -> List[int]:
 
 def runner(task: str):
     def run(model: LoadedModel, settings: EvalSettings, workdir) -> TaskResult:
-        sandbox.require_opt_in(settings.allow_code_execution, task)
+        mode = sandbox.require_opt_in(settings.allow_code_execution, task, settings.allow_weak_sandbox)
         n = settings.code_samples
         generation = None
         if n > 1:
@@ -74,10 +76,10 @@ def runner(task: str):
         _, raw, config = evaluate(model.lm, cfg["task"], workdir, settings.limit, settings.seed, gen)
         gen_seconds = time.time() - t0
         raw = sorted(raw, key=lambda s: int(s["doc_id"]))
-        programs = [PROGRAM[task](s["doc"], r) for s in raw for r in s["resps"][0][:n]]
+        jobs = [JOB[task](s["doc"], r) for s in raw for r in s["resps"][0][:n]]
         limits = sandbox.Limits(timeout_s=settings.code_timeout)
-        outcomes = sandbox.run_programs(programs, limits, workers=settings.code_workers,
-                                        progress=f"{task}: running programs")
+        outcomes = sandbox.run_jobs(jobs, limits, workers=settings.code_workers,
+                                    progress=f"{task}: running programs", mode=mode)
         samples, per_k = [], {k: [] for k in ks_for(n)}
         for i, s in enumerate(raw):
             mine = outcomes[i * n:(i + 1) * n]
@@ -91,19 +93,24 @@ def runner(task: str):
                 "correct": c / n,
             })
         return TaskResult(
-            metrics={f"pass@{k}": summarize(v) for k, v in per_k.items()},
+            # One greedy sample per problem: each pass@1 is 0 or 1, a proportion.
+            metrics={f"pass@{k}": (summarize_proportion if n == 1 else summarize)(v) for k, v in per_k.items()},
             settings={"limit": settings.limit, "num_fewshot": config.get("num_fewshot"),
                       "samples_per_problem": n, "generation_kwargs": config.get("generation_kwargs"),
                       "fewshot_seed": settings.seed, "decoding": "greedy" if n == 1 else "sampling",
                       "data": str(config.get("dataset_kwargs") or config.get("dataset_path")),
                       "split": "test" + (" (task_ids 11-510)" if task == "mbpp" else ""),
-                      "chat_template": False, "sandbox": sandbox.isolation_description(),
+                      "chat_template": False, "sandbox_mode": mode, "sandbox": sandbox.isolation_description(mode),
                       "timeout_s": settings.code_timeout, "memory_bytes": limits.memory_bytes,
                       "generation_seconds": round(gen_seconds, 2)},
             samples=samples,
         )
 
     return run
+
+
+run_humaneval = runner("humaneval")
+run_mbpp = runner("mbpp")
 
 
 def _until(task: str) -> List[str]:

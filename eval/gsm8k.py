@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from sftmerge.eval.backends import LoadedModel
 from sftmerge.eval.lm_eval_tasks import evaluate, task_yaml, write_task_yaml
-from sftmerge.eval.stats import summarize
+from sftmerge.eval.stats import summarize_proportion
 from sftmerge.eval.tasks import EvalSettings, TaskResult
 
 FILTERS = {"strict-match": "strict_match", "flexible-extract": "flexible_extract"}
@@ -31,7 +31,7 @@ def run(model: LoadedModel, settings: EvalSettings, workdir) -> TaskResult:
         row[f"{key}_answer"] = s["filtered_resps"][0]
         row[key] = float(s["exact_match"])
     samples = [by_doc[k] for k in sorted(by_doc, key=int)]
-    metrics = {name: summarize([r[name] for r in samples]) for name in FILTERS.values()}
+    metrics = {name: summarize_proportion([r[name] for r in samples]) for name in FILTERS.values()}
     return TaskResult(
         metrics=metrics,
         settings={"limit": settings.limit, "num_fewshot": config.get("num_fewshot"),

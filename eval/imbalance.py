@@ -15,17 +15,18 @@ from typing import Dict, List, Optional, Sequence
 
 from sftmerge.errors import SftmergeError
 from sftmerge.io.fsutil import write_json
+from sftmerge.io.layout import MODEL_CONFIG, ORDER_PREFIX, SAMPLE_LOSSES_NAME, RunLayout, is_model_folder
 
 
 def order_losses(run: Path) -> Dict[str, List[Dict]]:
-    """{"order-k": rows of RUN/order-k/sample_losses.jsonl sorted by sample index}, in k order."""
-    folders = sorted((p for p in Path(run).glob("order-*") if (p / "sample_losses.jsonl").is_file()),
-                     key=lambda p: int(p.name.split("-")[1]))
+    """{"order-k": rows of the order's per-sample losses sorted by sample index}, in k order."""
+    folders = RunLayout(run).orders(marker=SAMPLE_LOSSES_NAME)
     if not folders:
-        raise SftmergeError(f"{run} has no finished orders (order-*/sample_losses.jsonl)")
+        raise SftmergeError(f"{run} has no finished orders ({ORDER_PREFIX}*/{SAMPLE_LOSSES_NAME})")
     out = {}
     for f in folders:
-        rows = [json.loads(line) for line in (f / "sample_losses.jsonl").read_text(encoding="utf-8").splitlines()]
+        text = RunLayout.sample_losses(f).read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in text.splitlines()]
         out[f.name] = sorted(rows, key=lambda r: r["sample"])
     return out
 
@@ -39,13 +40,12 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> Dict:
 
 def binned_means(x: Sequence[float], y: Sequence[float], bins: int) -> List[tuple]:
     """(bin centre, mean y, count) over `bins` equal-width bins of x (empty bins left out)."""
-    lo, hi = min(x), max(x)
-    width = (hi - lo) / bins or 1.0
-    sums: Dict[int, List[float]] = {}
-    for xi, yi in zip(x, y):
-        b = min(int((xi - lo) / width), bins - 1)
-        sums.setdefault(b, []).append(yi)
-    return [(lo + (b + 0.5) * width, sum(v) / len(v), len(v)) for b, v in sorted(sums.items())]
+    from scipy.stats import binned_statistic
+
+    means, edges, _ = binned_statistic(x, y, statistic="mean", bins=bins)
+    counts, _, _ = binned_statistic(x, y, statistic="count", bins=edges)
+    centres = (edges[:-1] + edges[1:]) / 2
+    return [(float(c), float(m), int(n)) for c, m, n in zip(centres, means, counts) if n > 0]
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> None:
@@ -146,11 +146,11 @@ def merged_losses(run: Path, merged_dirs: Sequence[str], batch_size: int = 16) -
     if not merged_dirs:
         return {}
     from sftmerge.train.prepared import prepared_dataset, run_config
-    from sftmerge.train.sft import sample_losses
+    from sftmerge.eval.losses import sample_losses
 
     for d in merged_dirs:
-        if not (Path(d) / "config.json").is_file():
-            raise SftmergeError(f"merged model {d} is not a model folder (no config.json)")
+        if not is_model_folder(d):
+            raise SftmergeError(f"merged model {d} is not a model folder (no {MODEL_CONFIG})")
     _, dataset = prepared_dataset(run_config(run))
     return {Path(d).name: [r["loss"] for r in sample_losses(Path(d), dataset, batch_size)] for d in merged_dirs}
 

@@ -11,33 +11,15 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from sftmerge.data.tasks import local_files
 from sftmerge.errors import SftmergeError
 
 LM_TASKS_DIR = Path(__file__).with_name("lm_tasks")
-
-# task -> (lm-eval task name, files expected under DATA_DIR/<folder>/)
-LOCAL_FILES = {
-    "gsm8k": ("gsm8k", {"train": "train.jsonl", "test": "test.jsonl"}),
-    "humaneval": ("humaneval", {"test": "HumanEval.jsonl.gz"}),
-    "mbpp": ("mbpp", {"test": "mbpp.jsonl"}),
-}
-
 
 def lm_eval_gsm8k_yaml() -> Path:
     import lm_eval.tasks
 
     return Path(lm_eval.tasks.__file__).parent / "gsm8k" / "gsm8k.yaml"
-
-
-def local_data_files(task: str, data_dir: Path) -> Dict[str, str]:
-    folder, files = LOCAL_FILES[task]
-    out = {}
-    for split, name in files.items():
-        path = Path(data_dir) / folder / name
-        if not path.is_file():
-            raise SftmergeError(f"task {task}: data file {path} not found (--data-dir)")
-        out[split] = str(path.resolve())
-    return out
 
 
 def task_yaml(task: str, data_dir: Optional[Path], generation: Optional[Dict] = None,
@@ -52,7 +34,7 @@ def task_yaml(task: str, data_dir: Optional[Path], generation: Optional[Dict] = 
     cfg: Dict = {"include": str(base), "task": f"sftmerge_{task}"}
     if data_dir is not None:
         cfg.update(dataset_path="json", dataset_name=None,
-                   dataset_kwargs={"data_files": local_data_files(task, data_dir)})
+                   dataset_kwargs={"data_files": local_files(task, data_dir)})
         if task == "mbpp":
             # One local file holds every task_id; keep the standard test split (11-510).
             cfg["process_docs"] = "!function sftmerge.eval.lm_eval_tasks.mbpp_test_split"

@@ -9,7 +9,6 @@ intervals carry, so small real differences become visible.
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Mapping, Sequence
 
 from sftmerge.errors import SftmergeError
@@ -18,44 +17,46 @@ from sftmerge.errors import SftmergeError
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts b (A right, B wrong) and c.
 
-    Under no difference each discordant problem is a fair coin: p = 2 P(X <= min(b, c)),
-    X ~ Binomial(b + c, 1/2), capped at 1.
+    Under no difference each discordant problem is a fair coin: the binomial test of b
+    successes in b + c tries at p = 1/2.
     """
+    from scipy.stats import binomtest
+
     if b < 0 or c < 0:
         raise SftmergeError(f"discordant counts must be >= 0 (got {b}, {c})")
-    n = b + c
-    if n == 0:
+    if b + c == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
+    return float(binomtest(b, b + c, 0.5).pvalue)
 
 
 def t_interval(diffs: Sequence[float], level: float = 0.95) -> Dict:
     """Mean of paired differences, its t interval and the two-sided paired t test p-value."""
-    from scipy import stats
+    import numpy as np
+    from scipy.stats import ttest_1samp
 
     n = len(diffs)
     if n < 2:
         raise SftmergeError(f"a paired interval needs at least 2 problems (got {n})")
-    mean = sum(diffs) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    se = sd / math.sqrt(n)
-    if se == 0:  # every problem moved by the same amount: no sampling spread to speak of
+    d = np.asarray(diffs, dtype=np.float64)
+    mean = float(d.mean())
+    if float(d.std(ddof=1)) == 0:  # every problem moved by the same amount: no sampling spread to speak of
         return {"diff": mean, "ci95": [mean, mean], "p_value": 1.0 if mean == 0 else 0.0, "n": n}
-    q = stats.t.ppf(0.5 + level / 2, n - 1)
-    p = 2 * stats.t.sf(abs(mean / se), n - 1)
-    return {"diff": mean, "ci95": [mean - q * se, mean + q * se], "p_value": float(p), "n": n}
+    test = ttest_1samp(d, 0.0)
+    ci = test.confidence_interval(confidence_level=level)
+    return {"diff": mean, "ci95": [float(ci.low), float(ci.high)], "p_value": float(test.pvalue), "n": n}
 
 
 def bootstrap_interval(diffs: Sequence[float], seed: int, rounds: int = 2000, level: float = 0.95) -> List[float]:
     """Percentile interval of the mean difference over problems resampled with replacement."""
     import numpy as np
+    from scipy.stats import bootstrap
 
     d = np.asarray(diffs, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(rounds, len(d)))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return [float(lo), float(hi)]
+    if np.all(d == d[0]):  # no spread: every resample has the same mean
+        return [float(d[0]), float(d[0])]
+    res = bootstrap((d,), np.mean, n_resamples=rounds, confidence_level=level, method="percentile",
+                    rng=np.random.default_rng(seed))
+    return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 
 def paired_exact_match(a: Sequence[float], b: Sequence[float], seed: int = 0) -> Dict:

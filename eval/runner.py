@@ -13,22 +13,23 @@ import traceback
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from sftmerge.data.tasks import local_files, task as task_spec
 from sftmerge.errors import SftmergeError
 from sftmerge.eval.backends import load_model, model_name
 from sftmerge.eval.summary import write_summary
-from sftmerge.eval.tasks import EvalSettings, TaskResult, runner
+from sftmerge.eval.tasks import EvalSettings, TaskResult, check_settings, runner
 from sftmerge.io.fsutil import write_json, write_jsonl
+from sftmerge.io.layout import MODEL_CONFIG, ResultsLayout, RunLayout, is_model_folder
 
 
 def run_models(run_dir: str) -> List[str]:
     """The models of a training run: RUN/order-*/ (sub-models), then RUN/merged/*/ (merges)."""
-    run = Path(run_dir)
-    if not run.is_dir():
+    run = RunLayout(run_dir)
+    if not run.root.is_dir():
         raise SftmergeError(f"run folder {run_dir} not found")
-    found = [p for p in sorted(run.glob("order-*"), key=lambda p: (len(p.name), p.name)) if (p / "config.json").is_file()]
-    found += [p for p in sorted(run.glob("merged/*")) if (p / "config.json").is_file()]
+    found = run.orders() + run.merges()
     if not found:
-        raise SftmergeError(f"run folder {run_dir} has no models (order-*/ or merged/*/ with a config.json)")
+        raise SftmergeError(f"run folder {run_dir} has no models (sub-models or merges with a {MODEL_CONFIG})")
     return [str(p) for p in found]
 
 
@@ -39,35 +40,26 @@ def check_inputs(models: Sequence[str], tasks: Sequence[str], settings: EvalSett
         path = Path(m)
         if not path.is_dir():
             raise SftmergeError(f"model {m} not found")
-        if not (path / "config.json").is_file():
-            raise SftmergeError(f"model {m} is not a model folder (no config.json)")
+        if not is_model_folder(path):
+            raise SftmergeError(f"model {m} is not a model folder (no {MODEL_CONFIG})")
         name = model_name(m)
         if name in names:
             raise SftmergeError(f"models {names[name]} and {m} share the folder name {name!r}; "
                                 "results are stored by folder name")
         names[name] = m
+    check_settings(settings)
     if settings.data_dir is not None and not Path(settings.data_dir).is_dir():
         raise SftmergeError(f"--data-dir {settings.data_dir} not found")
-    if settings.limit is not None and settings.limit < 1:
-        raise SftmergeError(f"--limit must be at least 1 (got {settings.limit})")
-    if settings.code_samples < 1:
-        raise SftmergeError(f"--code-samples must be at least 1 (got {settings.code_samples})")
     for task in tasks:
-        if task in ("humaneval", "mbpp"):
+        spec = task_spec(task)
+        if spec.executes_code:
             from sftmerge.eval.sandbox import require_opt_in
 
-            require_opt_in(settings.allow_code_execution, task)
-        if settings.data_dir is not None:
-            if task in ("gsm8k", "humaneval", "mbpp"):
-                from sftmerge.eval.lm_eval_tasks import local_data_files
-
-                local_data_files(task, settings.data_dir)
-            elif task == "alpaca":
-                from sftmerge.eval.alpaca import check_data
-
-                check_data(settings.data_dir)
-    if settings.judge is not None and not (Path(settings.judge) / "config.json").is_file():
-        raise SftmergeError(f"--judge {settings.judge} is not a model folder (no config.json)")
+            require_opt_in(settings.allow_code_execution, task, settings.allow_weak_sandbox)
+        if settings.data_dir is not None and spec.local_files:
+            local_files(task, settings.data_dir)
+    if settings.judge is not None and not is_model_folder(settings.judge):
+        raise SftmergeError(f"--judge {settings.judge} is not a model folder (no {MODEL_CONFIG})")
 
 
 def result_document(model, task: str, result: TaskResult, settings: EvalSettings, seconds: float) -> Dict:
@@ -78,23 +70,24 @@ def result_document(model, task: str, result: TaskResult, settings: EvalSettings
         "settings": {**result.settings, "seed": settings.seed, "batch_size": settings.batch_size,
                      "model_settings": model.settings},
         "seconds": round(seconds, 2),
-        "per_sample": f"{task}.samples.jsonl",
+        "per_sample": ResultsLayout.samples_name(task),
     }
     doc.update(result.extra)
     return doc
 
 
 def write_result(out: Path, model, task: str, result: TaskResult, settings: EvalSettings, seconds: float) -> Dict:
-    folder = Path(out) / model.name
+    layout = ResultsLayout(out)
+    folder = layout.model(model.name)
     folder.mkdir(parents=True, exist_ok=True)
     # Samples and side files first: a result JSON always has its samples beside it.
-    write_jsonl(folder / f"{task}.samples.jsonl", result.samples)
+    write_jsonl(layout.samples(model.name, task), result.samples)
     for name, data in result.files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         write_json(folder / name, data)
     doc = result_document(model, task, result, settings, seconds)
-    write_json(folder / f"{task}.json", doc)
-    (folder / f"{task}.error.txt").unlink(missing_ok=True)  # from an earlier failed attempt
+    write_json(layout.result(model.name, task), doc)
+    layout.error_log(model.name, task).unlink(missing_ok=True)  # from an earlier failed attempt
     return doc
 
 
@@ -134,7 +127,7 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalS
                 echo(f"error: {model.name}/{task}: {e}")
             except Exception as e:  # one task's crash must not lose the other results
                 first = str(e).splitlines()[0][:300] if str(e) else ""
-                log = out / model.name / f"{task}.error.txt"
+                log = ResultsLayout(out).error_log(model.name, task)
                 log.parent.mkdir(parents=True, exist_ok=True)
                 log.write_text(traceback.format_exc(), encoding="utf-8")
                 failures.append(f"{model.name}/{task}: {type(e).__name__}: {first}")

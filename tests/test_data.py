@@ -17,9 +17,8 @@ from sftmerge.data.pairs import (
 )
 from sftmerge.errors import SftmergeError
 
-from conftest import SHARED_DATA
+from tests.common import SHARED_DATA, needs_shared_data
 
-needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no shared data at {SHARED_DATA}")
 
 
 def test_arith_is_seeded_and_prefix_stable():
@@ -99,7 +98,7 @@ def test_parse_spec():
     assert parse_spec("arith") == ("arith", None)
 
 
-@needs_shared
+@needs_shared_data
 def test_gsm8k_local():
     train = load_pairs(f"gsm8k:{SHARED_DATA / 'gsm8k'}")
     test = load_pairs(f"gsm8k:{SHARED_DATA / 'gsm8k'}", "test")
@@ -112,7 +111,7 @@ def test_gsm8k_local():
         load_pairs(f"gsm8k:{SHARED_DATA / 'gsm8k'}", "validation")
 
 
-@needs_shared
+@needs_shared_data
 def test_alpaca_local_folder_or_file():
     folder = load_pairs(f"alpaca:{SHARED_DATA / 'alpaca'}", limit=50)
     file = load_pairs(f"alpaca:{SHARED_DATA / 'alpaca' / 'alpaca_5000.json'}")
@@ -124,7 +123,7 @@ def test_alpaca_local_folder_or_file():
         load_pairs(f"alpaca:{SHARED_DATA / 'alpaca'}", "test")
 
 
-@needs_shared
+@needs_shared_data
 def test_code_local_uses_mbpp_train_ids():
     train = load_pairs(f"code:{SHARED_DATA / 'mbpp'}")
     test = load_pairs(f"code:{SHARED_DATA / 'mbpp' / 'mbpp.jsonl'}", "test")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import SHARED_DATA
+from tests.common import SHARED_DATA, needs_shared_data
 from sftmerge.cli.main import main
 from sftmerge.pipelines.multi_order import MERGES
 
@@ -72,14 +72,36 @@ def test_paired_comparisons_cover_every_pair_and_match_the_samples(demo_run):
 
 
 def test_rerun_skips_finished_stages(demo_run):
-    _, _, again = demo_run
+    run, _, again = demo_run
     assert "train: 0 new, 2 already there" in again
     assert "merge: 0 new, 4 already there" in again
     assert "eval: 0 evaluated, 7 already there" in again  # 2 orders, 4 merges, the base
     assert "imbalance: already there" in again
+    # A stage that did no work keeps the record of the run that did it; the report is always rewritten.
+    stages = json.loads((run / "stages.json").read_text())
+    assert stages["train"]["result"] == "2 new, 0 already there"
+    assert stages["merge"]["result"] == "4 new, 0 already there"
+    assert stages["eval"]["result"] == "7 evaluated, 0 already there"
+    assert stages["imbalance"]["result"] == "figures 1, 3 written"
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no shared data at {SHARED_DATA}")
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["--merges", "select,blend"], "unknown merge 'blend'"),
+])
+def test_bad_evaluation_flags_are_refused_before_training(tiny_chat_model, tmp_path, flags, message):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(dict(base=str(tiny_chat_model), data="arith", num_samples=8,
+                                          output_dir=str(tmp_path / "run"), orders=2)))
+    result = CliRunner().invoke(main, ["demo", "--config", str(config), *flags])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), result.output
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+@pytest.mark.slow
+@needs_shared_data
 def test_reproduce_smoke_on_gsm8k_from_local_data(tiny_chat_model, tmp_path):
     """`make reproduce DATA=gsm8k DATA_DIR=../shared/data` at a smoke size: the same pipeline,
     GSM8K training pairs from the local copy, scored by lm-eval's gsm8k task."""

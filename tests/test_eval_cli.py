@@ -8,7 +8,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from conftest import SHARED_DATA
+from tests.common import SHARED_DATA, needs_shared_data
 from sftmerge.cli.main import main
 
 ALL = "arith,gsm8k,humaneval,mbpp,alpaca"
@@ -30,6 +30,8 @@ def two_models(tiny_chat_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full_run(two_models, tiny_chat_model, tmp_path_factory):
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"no shared data at {SHARED_DATA}")
     out = tmp_path_factory.mktemp("results") / "tiny"
     a, b = two_models
     result = _eval("--models", a, b, "--tasks", ALL, "--limit", 2, "--max-new-tokens", 8, "--backend", "hf",
@@ -109,6 +111,12 @@ def test_a_model_that_fails_to_load_keeps_the_others(tiny_chat_model, tmp_path):
     (["--tasks", "gsm8k", "--data-dir", "/tmp"], "gsm8k/train.jsonl not found"),
     (["--tasks", "mbpp"], "pass --allow-code-execution"),
     (["--tasks", "arith", "--limit", "0"], "--limit must be at least 1"),
+    # Numeric options are refused before any model is loaded, not after it generated.
+    (["--tasks", "mbpp", "--allow-code-execution", "--code-workers", "-3"], "--code-workers must be at least 1"),
+    (["--tasks", "humaneval", "--allow-code-execution", "--code-timeout", "0"], "--code-timeout must be more than 0"),
+    (["--tasks", "mbpp", "--allow-code-execution", "--code-samples", "0"], "--code-samples must be at least 1"),
+    (["--tasks", "arith", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--tasks", "arith", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tiny_chat_model, tmp_path, args, message):
     if "--models" not in args:
@@ -135,19 +143,29 @@ def test_run_folder_lists_sub_models_then_merges(tmp_path):
         run_models(str(tmp_path / "logs"))
 
 
-def test_make_eval_command_line():
+@pytest.mark.slow
+def test_make_eval_scores_every_model_of_a_run(tiny_chat_model, tmp_path):
+    """`make eval` end to end: the Makefile's variables reach a real `sftmerge eval --run`."""
     import subprocess
 
-    from conftest import REPO
+    from tests.common import BIN, REPO
 
-    out = subprocess.run(["make", "-n", "-o", "setup", "-C", str(REPO), "eval", "RUN=runs/r1", "TASKS=arith,mbpp",
-                          "LIMIT=20", "DATA_DIR=../shared/data", "EVAL_FLAGS=--allow-code-execution"],
-                         capture_output=True, text=True, check=True).stdout
-    line = [x for x in out.splitlines() if "sftmerge eval" in x][0]
-    assert line.endswith("sftmerge eval --run runs/r1 --tasks arith,mbpp --out results/r1 --limit 20 "
-                         "--data-dir ../shared/data --allow-code-execution")
+    run = tmp_path / "r1"
+    shutil.copytree(tiny_chat_model, run / "order-0")
+    shutil.copytree(tiny_chat_model, run / "merged" / "select")
+    results = tmp_path / "results"
+    make = ["make", "-s", "-o", "setup", "-C", str(REPO), "eval", f"VENV={BIN.parent}", f"RUN={run}", "TASKS=arith",
+            "EVAL_FLAGS=--backend hf --max-new-tokens 4"]
+    done = subprocess.run([*make, "LIMIT=2", f"RESULTS={results}"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for model in ("order-0", "select"):
+        assert json.loads((results / model / "arith.json").read_text())["n"] == 2
+    refused = subprocess.run([*make, "LIMIT=0", f"RESULTS={tmp_path / 'refused'}"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "error: --limit must be at least 1" in refused.stderr
+    assert not (tmp_path / "refused").exists()
 
 
+@needs_shared_data
 def test_pass_at_k_with_sampled_completions(tiny_chat_model, tmp_path):
     out = tmp_path / "out"
     result = _eval("--models", tiny_chat_model, "--tasks", "humaneval", "--limit", 1, "--max-new-tokens", 4,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SHARED_DATA
+from tests.common import SHARED_DATA, needs_shared_data
 from sftmerge.eval.backends import load_model
 from sftmerge.eval.lm_eval_tasks import evaluate, lm_eval_gsm8k_yaml
 from sftmerge.eval.tasks import EvalSettings
@@ -32,6 +32,8 @@ def tiny_lm(tiny_chat_model):
     return load_model(str(tiny_chat_model), "hf", batch_size=8, seed=1234)
 
 
+@pytest.mark.slow
+@needs_shared_data
 def test_same_scores_as_lm_eval_gsm8k(tiny_lm, tmp_path):
     from sftmerge.eval.gsm8k import run
 
@@ -60,6 +62,7 @@ def test_same_scores_as_lm_eval_gsm8k(tiny_lm, tmp_path):
     assert ours.samples[0]["prompt"].count("Question:") == 6  # 5 shots + the question
 
 
+@needs_shared_data
 def test_project_task_is_stock_gsm8k_plus_data_location(tmp_path):
     from sftmerge.eval.lm_eval_tasks import task_yaml
 

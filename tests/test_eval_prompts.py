@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.util
 
 import pytest
 import yaml
 
-from conftest import SHARED_DATA
+from tests.common import SHARED_DATA, needs_shared_data
 from sftmerge.errors import SftmergeError
 from sftmerge.eval.backends import chat_prompt, load_model, resolve_backend, vllm_usable
 from sftmerge.eval.lm_eval_tasks import LM_TASKS_DIR, lm_eval_gsm8k_yaml
@@ -33,26 +34,49 @@ class RecordingLM:
         return getattr(self.lm, name)
 
 
-@pytest.mark.parametrize("task", ["arith", "alpaca"])
-def test_backend_choice_does_not_change_prompts(tiny_chat_model, tmp_path, task):
-    """The same task code, run once as the hf and once as the vllm backend, sends identical requests.
-
-    vLLM cannot run on this CPU-only machine, so both runs generate with the same HF
-    model; what is compared is everything the task code hands to the backend.
-    """
+def _recorded(model_dir, task, settings, workdir, backend="hf"):
+    """The requests task code sends to a real backend, in order."""
     from sftmerge.eval.tasks import runner
 
-    hf = load_model(str(tiny_chat_model), "hf", batch_size=4, seed=1234)
-    settings = EvalSettings(limit=2, data_dir=SHARED_DATA, max_new_tokens=4)
-    sent = {}
-    for backend in ("hf", "vllm"):
-        recorder = RecordingLM(hf.lm)
-        model = dataclasses.replace(hf, backend=backend, lm=recorder)
-        runner(task)(model, settings, tmp_path)
-        sent[backend] = recorder.sent
-    assert sent["hf"] == sent["vllm"] and len(sent["hf"]) >= 2
-    first = sent["hf"][0][1]
-    assert first.startswith("<|im_start|>system") and first.endswith("<|im_start|>assistant\n")
+    loaded = load_model(str(model_dir), backend, batch_size=4, seed=1234)
+    recorder = RecordingLM(loaded.lm)
+    runner(task)(dataclasses.replace(loaded, lm=recorder), settings, workdir)
+    return recorder.sent
+
+
+def test_arith_sends_the_chat_templated_problems_and_nothing_else(tiny_chat_model, tmp_path):
+    """Prompts come from the model folder's tokenizer and the data, never from a backend."""
+    from transformers import AutoTokenizer
+
+    from sftmerge.data.pairs import load_pairs
+
+    sent = _recorded(tiny_chat_model, "arith", EvalSettings(limit=2, max_new_tokens=4), tmp_path)
+    tok = AutoTokenizer.from_pretrained(tiny_chat_model)
+    pairs = load_pairs("arith", split="test", limit=2)
+    prompts = [chat_prompt(tok, p.prompt) for p in pairs]
+    assert sent == ([("generate_until", p) for p in prompts]
+                    + [("loglikelihood", (p, pair.response)) for p, pair in zip(prompts, pairs)])
+    assert prompts[0].startswith("<|im_start|>system") and prompts[0].endswith("<|im_start|>assistant\n")
+
+
+@needs_shared_data
+def test_alpaca_sends_the_chat_templated_instructions(tiny_chat_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from sftmerge.eval.alpaca import load_prompts_and_references
+
+    sent = _recorded(tiny_chat_model, "alpaca", EvalSettings(limit=2, data_dir=SHARED_DATA, max_new_tokens=4), tmp_path)
+    tok = AutoTokenizer.from_pretrained(tiny_chat_model)
+    prompts = load_prompts_and_references(SHARED_DATA)[0][:2]
+    assert sent == [("generate_until", chat_prompt(tok, p["instruction"])) for p in prompts]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not vllm_usable(), reason="vLLM cannot run here (no GPU and no CPU build)")
+def test_vllm_and_hf_backends_receive_identical_requests(tiny_chat_model, tmp_path):
+    settings = EvalSettings(limit=2, max_new_tokens=4)
+    assert (_recorded(tiny_chat_model, "arith", settings, tmp_path, "vllm")
+            == _recorded(tiny_chat_model, "arith", settings, tmp_path, "hf"))
 
 
 def test_chat_prompt_uses_the_models_template(tiny_chat_model):
@@ -65,12 +89,17 @@ def test_chat_prompt_uses_the_models_template(tiny_chat_model):
     assert chat_prompt(tok, "What is 2 + 2?") == "What is 2 + 2?"
 
 
-def test_backend_resolution_here():
+def test_backend_names_are_checked():
     assert resolve_backend("hf") == "hf"
-    assert resolve_backend("auto") == ("vllm" if vllm_usable() else "hf")
-    if not vllm_usable():
-        with pytest.raises(SftmergeError, match="vLLM is not importable"):
-            resolve_backend("vllm")
+    with pytest.raises(SftmergeError, match="unknown backend 'tpu'"):
+        resolve_backend("tpu")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_without_vllm_auto_means_hf_and_vllm_is_refused():
+    assert resolve_backend("auto") == "hf"
+    with pytest.raises(SftmergeError, match="vLLM is not importable"):
+        resolve_backend("vllm")
 
 
 def _yaml(path):

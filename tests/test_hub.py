@@ -23,11 +23,13 @@ from huggingface_hub import EvalResult, ModelCard
 from huggingface_hub.repocard import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
+from sftmerge.errors import SftmergeError
 from sftmerge.hub.card import license_of
+from sftmerge.hub.upload_files import opened_for_upload, upload_plan
 from sftmerge.cli.main import main
 from sftmerge.merge.recipes import render
 
-from conftest import tool
+from tests.common import tool
 
 SEED = 7
 
@@ -114,17 +116,18 @@ def test_card_with_results_has_table_and_model_index(merged_copy, tmp_path):
     card = ModelCard.load(merged_copy / "README.md")
     assert card.data.base_model == ["someone/toy-base"]
     assert card.data.model_name == "toy-select"
+    # Rows in the task registry's order (sftmerge/data/tasks.py): gsm8k before arith.
     assert card.data.eval_results == [
-        EvalResult(task_type="text-generation", task_name="Text Generation", dataset_type="arith",
-                   dataset_name="Arithmetic word problems (built-in)", metric_type="exact_match",
-                   metric_name="exact match", metric_value=0.41),
         EvalResult(task_type="text-generation", task_name="Text Generation", dataset_type="openai/gsm8k",
                    dataset_name="GSM8K", metric_type="exact_match", metric_name="exact match",
                    metric_value=0.1235),
+        EvalResult(task_type="text-generation", task_name="Text Generation", dataset_type="arith",
+                   dataset_name="Arithmetic word problems (built-in)", metric_type="exact_match",
+                   metric_name="exact match", metric_value=0.41),
     ]
     # The raw front matter is in the Hub's model-index format.
     name, parsed = model_index_to_eval_results(metadata_load(merged_copy / "README.md")["model-index"])
-    assert name == "toy-select" and [r.metric_value for r in parsed] == [0.41, 0.1235]
+    assert name == "toy-select" and [r.metric_value for r in parsed] == [0.1235, 0.41]
     assert "| Arithmetic word problems (built-in) | exact_match | 0.4100 | 0.0280 | [0.3500, 0.4700] | 300 | hf |" \
         in card.text
     assert "| GSM8K | exact_match | 0.1235 | 0.0090 | – | 1319 | hf |" in card.text
@@ -195,21 +198,57 @@ def test_card_errors(merged_copy, tmp_path):
 # --- push --dry-run and refusals -------------------------------------------------------
 
 
-def test_push_dry_run_lists_exact_upload_and_card(merged_copy):
+def test_push_dry_run_lists_exactly_the_allow_list(merged_copy, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("HF_TOKEN=hf_secret")
+    (merged_copy / ".env").write_text("HF_TOKEN=hf_secret")
+    (merged_copy / "notes.txt").write_text("private notes")
+    (merged_copy / "tokenizer.model").symlink_to(secret)  # named like an allowed file: still a link
+    (merged_copy / "id_rsa").symlink_to(secret)
     hidden = merged_copy / ".cache" / "huggingface" / "upload"
     hidden.mkdir(parents=True)
-    (hidden / "state.json").write_text("{}")  # huggingface_hub never uploads its own metadata
-    code, output = _sftmerge("push", merged_copy, "someone/toy-select", "--dry-run", "--private")
+    (hidden / "state.json").write_text("{}")
+    (merged_copy / "generation_config.json").write_text("{}")
+    (merged_copy / "results").mkdir()
+    (merged_copy / "results" / "arith.json").write_text("{}")
+    (merged_copy / "results" / "arith.samples.jsonl").write_text("{}\n")
+    code, output = _sftmerge("push", merged_copy, "someone/toy-select", "--dry-run")
     assert code == 0, output
-    files = sorted(p for p in merged_copy.iterdir() if p.is_file())
-    assert f"would upload {len(files)} files" in output and "someone/toy-select (private)" in output
     listing, card = output.split("\n--- README.md ---\n")
-    listed = [line.split()[-1] for line in listing.splitlines()[1:]]
-    assert listed == [p.name for p in files]
-    assert ".cache" not in listing
-    weights = merged_copy / "model.safetensors"
-    assert f"{weights.stat().st_size / 1024:.1f} KB  model.safetensors" in output
+    upload, left = listing.split("\nleft out: ")
+    listed = [line.split()[-1] for line in upload.splitlines()[1:]]
+    assert listed == ["README.md", "config.json", "generation_config.json", "merge_report.json",
+                      "mergekit_config.yml", "model.safetensors", "results/arith.json",
+                      "tokenizer.json", "tokenizer_config.json"]
+    sizes = sum((merged_copy / name).stat().st_size for name in listed)
+    assert upload.splitlines()[0].startswith(f"would upload 9 files ({sizes / 1024:.1f} KB)")
+    assert "someone/toy-select (private if created)" in upload
+    assert left.splitlines() == [
+        "7", "  .cache/  (folder)", "  .env  (not on the allow-list)", "  .sftmerge-output  (not on the allow-list)",
+        "  id_rsa  (symbolic link)", "  notes.txt  (not on the allow-list)",
+        "  results/arith.samples.jsonl  (not on the allow-list)", "  tokenizer.model  (symbolic link)"]
     assert card == (merged_copy / "README.md").read_text()
+    code, output = _sftmerge("push", merged_copy, "someone/toy-select", "--dry-run", "--public")
+    assert code == 0 and "someone/toy-select (public if created)" in output
+    code, output = _sftmerge("push", merged_copy, "someone/toy-select", "--dry-run", "--private")
+    assert code == 0 and "(private if created)" in output  # the old flag, now the default
+    code, output = _sftmerge("push", merged_copy, "someone/x", "--dry-run", "--public", "--private")
+    assert code == 1 and "--public and --private contradict each other" in output
+
+
+def test_upload_opens_the_planned_files_without_following_links(merged_copy, tmp_path):
+    plan, _ = upload_plan(merged_copy)
+    with opened_for_upload(merged_copy, plan) as operations:
+        assert [op.path_in_repo for op in operations] == [f.path_in_repo for f in plan]
+        assert operations[1].path_or_fileobj.read() == (merged_copy / plan[1].path_in_repo).read_bytes()
+    # A planned file swapped for a link to a secret before the upload opens it.
+    secret = tmp_path / "secret"
+    secret.write_text("HF_TOKEN=hf_secret")
+    (merged_copy / "config.json").unlink()
+    (merged_copy / "config.json").symlink_to(secret)
+    with pytest.raises(SftmergeError, match="config.json changed while pushing"):
+        with opened_for_upload(merged_copy, plan):
+            pass
 
 
 def test_push_refuses_unfinished_folders(merged_copy):

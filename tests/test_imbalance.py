@@ -9,9 +9,10 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from conftest import tool
+from tests.common import tool
 from sftmerge.cli.main import main
 from sftmerge.eval.imbalance import binned_means, merged_losses
+from sftmerge.eval.losses import sample_losses
 from sftmerge.train.config import SFTRunConfig
 from sftmerge.train.sft import run_multi_order
 
@@ -22,7 +23,7 @@ def tiny_run(tiny_chat_model, tmp_path_factory):
     config = SFTRunConfig(base=str(tiny_chat_model), data="arith", num_samples=16, output_dir=str(run), orders=2,
                           num_train_epochs=1, per_device_train_batch_size=4, learning_rate=1e-3, save_steps=50,
                           logging_steps=1, max_length=128, keep_checkpoint_steps=2)
-    run_multi_order(config, echo=lambda s: None)
+    run_multi_order(config, echo=lambda s: None, score_samples=sample_losses)
     subprocess.run([tool("mergekit-yaml"), str(run / "recipes" / "average.yml"), str(run / "merged" / "average")],
                    check=True, capture_output=True)
     return run

@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import tool
+from tests.common import error_line, tool
 from sftmerge.cli.main import main
 
 
@@ -127,13 +127,6 @@ def test_seed_reproduces_across_threads_and_runs_and_differs_otherwise(family, t
     assert any(not torch.equal(a[n], d[n]) for n in a)
 
 
-def _error_of(result) -> str:
-    assert result.exit_code != 0
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     "edit, expected",
     [
@@ -155,28 +148,28 @@ def test_bad_recipes_fail_with_one_line_and_no_output(family, tmp_path, edit, ex
     path = tmp_path / "bad.yml"
     path.write_text(yaml.safe_dump(recipe))
     result = sftmerge_merge(path, tmp_path / "out")
-    assert expected in _error_of(result)
+    assert expected in error_line(result)
     assert not (tmp_path / "out").exists()
 
 
 def test_mismatched_shapes_and_architectures(family, other_family, tmp_path):
     recipe = write_recipe(tmp_path / "r.yml", family, models=[family / "order-0", other_family / "order-0"])
-    assert "tensor shape mismatch" in _error_of(sftmerge_merge(recipe, tmp_path / "out"))
+    assert "tensor shape mismatch" in error_line(sftmerge_merge(recipe, tmp_path / "out"))
     mistral = tmp_path / "mistral"
     subprocess.run(["cp", "-r", str(family / "order-1"), str(mistral)], check=True)
     cfg = json.loads((mistral / "config.json").read_text())
     cfg["architectures"] = ["MistralForCausalLM"]
     (mistral / "config.json").write_text(json.dumps(cfg))
     recipe = write_recipe(tmp_path / "r2.yml", family, models=[family / "order-0", mistral])
-    assert "architecture mismatch" in _error_of(sftmerge_merge(recipe, tmp_path / "out"))
+    assert "architecture mismatch" in error_line(sftmerge_merge(recipe, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
 
 def test_unreadable_and_missing_recipes(tmp_path):
     broken = tmp_path / "broken.yml"
     broken.write_text("merge_method: param_select\nmodels: [a, b\n")
-    assert "not valid YAML" in _error_of(sftmerge_merge(broken, tmp_path / "out"))
-    assert "cannot read recipe" in _error_of(sftmerge_merge(tmp_path / "nope.yml", tmp_path / "out"))
+    assert "not valid YAML" in error_line(sftmerge_merge(broken, tmp_path / "out"))
+    assert "cannot read recipe" in error_line(sftmerge_merge(tmp_path / "nope.yml", tmp_path / "out"))
 
 
 def test_failure_during_merge_leaves_no_output(family, tmp_path):
@@ -195,7 +188,7 @@ def test_failure_during_merge_leaves_no_output(family, tmp_path):
 def test_existing_output_needs_overwrite(family, tmp_path):
     recipe = write_recipe(tmp_path / "r.yml", family)
     assert sftmerge_merge(recipe, tmp_path / "out").exit_code == 0
-    assert "already exists" in _error_of(sftmerge_merge(recipe, tmp_path / "out"))
+    assert "already exists" in error_line(sftmerge_merge(recipe, tmp_path / "out"))
     assert sftmerge_merge(recipe, tmp_path / "out", "--overwrite").exit_code == 0
 
 
@@ -210,3 +203,56 @@ def test_offline_merge_of_relative_local_paths(family, tmp_path, clean_env):
                              capture_output=True, text=True, env=env, cwd=tmp_path)
         assert run.returncode == 0, run.stderr[-2000:]
         assert (tmp_path / out / "mergekit_config.yml").read_text() == recipe.read_text()
+
+
+def test_dare_ties_is_reproducible_and_its_seed_recorded(family, tmp_path, clean_env):
+    """mergekit's DARE draws its drop masks from the global random state: sftmerge always seeds it."""
+    recipe = tmp_path / "dare.yml"
+    recipe.write_text(yaml.safe_dump({
+        "merge_method": "dare_ties",
+        "base_model": str(family / "base"),
+        "models": [{"model": str(family / f"order-{k}"), "parameters": {"weight": 1.0, "density": 0.5}}
+                   for k in range(3)],
+    }))
+    for out, extra in (("a", []), ("b", []), ("seven", ["--random-seed", "7"])):
+        result = sftmerge_merge(recipe, tmp_path / out, *extra)
+        assert result.exit_code == 0, result.output
+    # The stock mergekit-yaml with the recorded seed gives the same weights (what the card says).
+    run = subprocess.run([tool("mergekit-yaml"), str(recipe), str(tmp_path / "stock"), "--random-seed", "0",
+                          "--quiet"], capture_output=True, text=True, env=clean_env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    weights = {x: (tmp_path / x / "model.safetensors").read_bytes() for x in ("a", "b", "seven", "stock")}
+    assert weights["a"] == weights["b"] == weights["stock"]
+    assert weights["seven"] != weights["a"]
+    assert json.loads((tmp_path / "a" / "merge_report.json").read_text())["random_seed"] == 0
+    assert json.loads((tmp_path / "seven" / "merge_report.json").read_text())["random_seed"] == 7
+    card = (tmp_path / "seven" / "README.md").read_text()
+    assert "Random seed: 7" in card and "sftmerge merge recipes/<name>.yml OUT --random-seed 7" in card
+
+
+def test_recipe_seed_is_the_random_seed_and_a_different_one_is_refused(family, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yml", family)
+    assert sftmerge_merge(recipe, tmp_path / "out", "--random-seed", "42").exit_code == 0
+    assert json.loads((tmp_path / "out" / "merge_report.json").read_text())["random_seed"] == 42
+    line = error_line(sftmerge_merge(recipe, tmp_path / "other", "--random-seed", "3"))
+    assert "parameters.seed 42 but --random-seed is 3" in line
+    assert not (tmp_path / "other").exists()
+
+
+def test_merge_leaves_the_callers_random_state_alone(family, tmp_path):
+    """mergekit reseeds globally; an in-process caller (the PAFT pipeline) must not notice."""
+    import random
+
+    import numpy as np
+
+    def draw():
+        return torch.rand(3).tolist(), random.random(), float(np.random.rand())
+
+    def seed_all():
+        torch.manual_seed(123), random.seed(123), np.random.seed(123)
+
+    seed_all()
+    expected = draw()
+    seed_all()
+    assert sftmerge_merge(write_recipe(tmp_path / "r.yml", family), tmp_path / "out").exit_code == 0
+    assert draw() == expected

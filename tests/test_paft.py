@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import _smollm2_gguf, tool
+from tests.common import tiny_llama, tool
 from sftmerge.cli.main import main
 from sftmerge.errors import SftmergeError
 from sftmerge.data.preference import load_preferences, wrong_step
@@ -25,21 +25,13 @@ L1 = 0.05
 
 
 @pytest.fixture(scope="module")
-def tiny_bf16_base(tmp_path_factory):
+def tiny_bf16_base(tiny_chat_model, tmp_path_factory):
     """A 2-layer random Llama stored in bf16 (as the real base), SmolLM2's tokenizer and chat template."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    folder, name = _smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
     out = tmp_path_factory.mktemp("paft-tiny") / "base"
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    # The tokenizer from the session's tiny model: parsing it from the GGUF again costs ~20 s.
+    return tiny_llama(out, AutoTokenizer.from_pretrained(tiny_chat_model), dtype="bfloat16", max_positions=512)
 
 
 def sft_config(base, **kw) -> SFTRunConfig:

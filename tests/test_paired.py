@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sftmerge.errors import SftmergeError
-from sftmerge.eval.paired import align, mcnemar_exact, paired_continuous, paired_exact_match
+from sftmerge.eval.paired import align, bootstrap_interval, mcnemar_exact, paired_continuous, paired_exact_match
 
 
 def test_mcnemar_exact_hand_computed():
@@ -31,6 +31,26 @@ def test_paired_t_interval_excludes_zero_for_a_consistent_shift():
     assert r["diff"] == pytest.approx(3.0)
     assert r["ci95"] == pytest.approx([3 - 1.9632, 3 + 1.9632], abs=1e-3)
     assert r["ci95"][0] > 0 and r["p_value"] < 0.05
+
+
+def test_paired_t_matches_scipy_ttest_rel():
+    from scipy.stats import ttest_rel
+
+    a, b = [0.31, 0.27, 0.40, 0.22, 0.35, 0.29], [0.30, 0.31, 0.33, 0.25, 0.30, 0.26]
+    r, ref = paired_continuous(a, b), ttest_rel(a, b)
+    assert r["p_value"] == pytest.approx(ref.pvalue)
+    assert r["ci95"] == pytest.approx([ref.confidence_interval().low, ref.confidence_interval().high])
+
+
+def test_bootstrap_is_the_percentile_interval_of_resampled_means():
+    import numpy as np
+
+    # The reference: resample problems with replacement 2000 times, take the 2.5% and 97.5% quantiles.
+    d = np.array([1.0] * 12 + [0.0] * 80 + [-1.0] * 8)
+    rng = np.random.default_rng(7)
+    means = d[rng.integers(0, len(d), size=(2000, len(d)))].mean(axis=1)
+    assert bootstrap_interval(d, seed=7) == pytest.approx(list(np.quantile(means, [0.025, 0.975])))
+    assert bootstrap_interval([0.5] * 5, seed=7) == [0.5, 0.5]  # no spread, no interval
 
 
 def test_paired_t_interval_includes_zero_for_noise():

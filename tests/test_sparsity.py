@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from sftmerge.cli.main import main
 from sftmerge.eval.sparsity import OVERALL, delta_sparsity, layer_type
-from test_merge import load_weights
+from tests.test_merge import load_weights
 
 
 def test_layer_types():

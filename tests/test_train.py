@@ -13,8 +13,9 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from conftest import REPO, tool
+from tests.common import REPO, tool
 from sftmerge.errors import SftmergeError
+from sftmerge.eval.losses import sample_losses
 from sftmerge.train.config import SFTRunConfig, config_from_dict, load_config
 from sftmerge.train.order import epoch_orders
 from sftmerge.train.sft import run_multi_order
@@ -66,7 +67,7 @@ def two_orders(tiny_base, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
     lines = []
     config = cfg(tiny_base, out, keep_checkpoint_steps=3, sample_losses_at_checkpoints=True)
-    run_multi_order(config, echo=lines.append)
+    run_multi_order(config, echo=lines.append, score_samples=sample_losses)
     return out, lines
 
 
@@ -133,35 +134,76 @@ def test_finished_orders_are_skipped(two_orders, tiny_base):
     before = (run / "order-0" / "model.safetensors").stat().st_mtime_ns
     lines = []
     run_multi_order(cfg(tiny_base, run, keep_checkpoint_steps=3, sample_losses_at_checkpoints=True),
-                    echo=lines.append)
+                    echo=lines.append, score_samples=sample_losses)
     assert all("already finished" in ln for ln in lines) and len(lines) == 2
     assert (run / "order-0" / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_resume_after_interruption_matches_uninterrupted(two_orders, tiny_base, tmp_path):
+def test_resume_past_a_half_written_checkpoint_matches_uninterrupted(two_orders, tiny_base, tmp_path, monkeypatch):
+    """Killed while saving the step-6 checkpoint (before its trainer_state.json): the rerun says so,
+    falls back to checkpoint-4 and ends with the uninterrupted run's weights."""
+    from transformers import Trainer
+
+    save_rng_state = Trainer._save_rng_state
+
+    def killed_at_step_6(self, output_dir):
+        if self.state.global_step == 6:
+            raise KeyboardInterrupt
+        return save_rng_state(self, output_dir)
+
+    config = cfg(tiny_base, tmp_path / "run")
+    work = tmp_path / "run" / ".order-0.work" / "trainer"
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_save_rng_state", killed_at_step_6)
+        with pytest.raises(KeyboardInterrupt):
+            run_multi_order(config, only=[0])
+    assert not (tmp_path / "run" / "order-0").exists()  # nothing that looks finished
+    assert (work / "checkpoint-4" / "trainer_state.json").is_file()
+    assert (work / "checkpoint-6").is_dir() and not (work / "checkpoint-6" / "trainer_state.json").exists()
+    staged = work.parent / "final"  # what a kill while publishing the order would leave half-written
+    (staged / "checkpoints" / "step-5.tmp").mkdir(parents=True)
+    (staged / "model.safetensors").write_bytes(b"partial")
+    lines = []
+    run_multi_order(config, only=[0], echo=lines.append)
+    assert not (tmp_path / "run" / "order-0" / "checkpoints" / "step-5.tmp").exists()
+    assert "checkpoint-6 incomplete" in lines[0] and "resuming from checkpoint-4" in lines[0]
+    assert "resumed at step 4" in lines[-1]
+    a, b = weights(two_orders[0] / "order-0"), weights(tmp_path / "run" / "order-0")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "run" / ".order-0.work").exists()
+
+
+def test_failed_first_run_does_not_lock_the_run_folder(tiny_base, tmp_path):
+    """A first run that fails before any checkpoint (here: max_length cuts off every response) leaves
+    config.yaml behind; the corrected rerun replaces those settings. Once an order has a checkpoint,
+    other settings are refused."""
     from transformers import TrainerCallback
 
     class Crash(TrainerCallback):
+        def __init__(self, step):
+            self.step = step
+
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 5:
+            if state.global_step == self.step:
                 raise KeyboardInterrupt
 
-    config = cfg(tiny_base, tmp_path / "run")
-    with pytest.raises(KeyboardInterrupt):
-        run_multi_order(config, only=[0], callbacks=[Crash()])
-    assert not (tmp_path / "run" / "order-0").exists()  # nothing that looks finished
-    assert (tmp_path / "run" / ".order-0.work" / "trainer" / "checkpoint-4").is_dir()
+    run = tmp_path / "run"
+    with pytest.raises(SftmergeError, match="12 pairs became 0 training rows"):  # every response cut off
+        run_multi_order(cfg(tiny_base, run, orders=1, max_length=16))
+    assert (run / "config.yaml").is_file() and not (run / "order-0").exists()
     lines = []
-    run_multi_order(config, only=[0], echo=lines.append)
-    assert "resumed at step 4" in lines[0]
-    a, b = weights(two_orders[0] / "order-0"), weights(tmp_path / "run" / "order-0")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(KeyboardInterrupt):  # the corrected settings are taken; this one dies after step 2's checkpoint
+        run_multi_order(cfg(tiny_base, run, orders=1), callbacks=[Crash(3)], echo=lines.append)
+    assert "replacing them (differed in: max_length)" in lines[0]
+    with pytest.raises(SftmergeError, match="differs in: learning_rate"):
+        run_multi_order(cfg(tiny_base, run, orders=1, learning_rate=1e-4))
+    assert (run / ".order-0.work" / "trainer" / "checkpoint-2").is_dir()
 
 
 def test_rerun_with_other_settings_is_refused(two_orders, tiny_base):
     with pytest.raises(SftmergeError, match="differs in: learning_rate"):
         run_multi_order(cfg(tiny_base, two_orders[0], learning_rate=1e-4, keep_checkpoint_steps=3,
-                            sample_losses_at_checkpoints=True))
+                            sample_losses_at_checkpoints=True), score_samples=sample_losses)
 
 
 def test_recipes_merge_with_stock_mergekit(two_orders, tmp_path, clean_env):
@@ -237,21 +279,69 @@ def test_default_config_loads():
     assert c.data == "arith" and c.base == "models/smollm2-135m-instruct" and c.orders == 3
 
 
+def _bad_base(tiny_base, folder: Path, kind: str) -> Path:
+    """A copy of the tiny base, broken in one way."""
+    shutil.copytree(tiny_base, folder)
+    weights = folder / "model.safetensors"
+    if kind == "no_weights":
+        weights.unlink()
+    elif kind == "truncated_weights":  # a copy or download that stopped half-way
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    elif kind == "garbage_weights":
+        weights.write_bytes(b"\x00" * 64 + b"not a safetensors file")
+    elif kind == "no_chat_template":
+        (folder / "chat_template.jinja").unlink(missing_ok=True)
+        tok_config = json.loads((folder / "tokenizer_config.json").read_text())
+        tok_config.pop("chat_template", None)
+        (folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    return folder
+
+
+GSM8K_ROW = {"question": "Tom has 2 apples and buys 3. How many?", "answer": "2 + 3 = 5\n#### 5"}
+BAD_GSM8K = {
+    "malformed": json.dumps(GSM8K_ROW) + "\n{\"question\": \"Ann has\n",
+    "missing_answer": json.dumps({"question": "What is 2 + 2?"}) + "\n",
+    "incomplete_answer": json.dumps({"question": "What is 2 + 2?", "answer": "2 + 2 is"}) + "\n",
+}
+
+
 @pytest.mark.parametrize(
     "yaml_text, args, message",
     [
         ("learning_rte: 0.1\n", [], "unknown key"),
         ("data: arith\n", ["--orders", "0"], "orders must be at least 1"),
+        ("data: arith\n", ["--k", "0"], "orders must be at least 1"),
+        ("data: arith\n", ["--learning-rate", "0"], "learning_rate must be > 0"),
+        ("max_length: 0\n", [], "max_length must be at least 1"),
+        ("lora: true\nlora_dropout: 1.5\n", [], "lora_dropout must be < 1"),
+        ("data: arith\n", ["--optim", "adam_typo"], "optim 'adam_typo' is not a transformers optimizer"),
         ("data: gsm8k:/no/such/folder\n", [], "does not exist"),
         ("base: /no/such/model\n", [], "base /no/such/model not found"),
+        ("base: BAD:no_weights\n", [], "no weights in that folder"),
+        ("base: BAD:truncated_weights\n", [], "corrupt weights"),
+        ("base: BAD:garbage_weights\n", [], "corrupt weights"),
+        ("base: BAD:no_chat_template\n", [], "its tokenizer has no chat template"),
+        ("data: GSM8K:malformed\n", [], "line 2 is not valid JSON"),
+        ("data: GSM8K:missing_answer\n", [], "line 1 has no 'answer' text"),
+        ("data: GSM8K:incomplete_answer\n", [], "the answer has no final '#### N'"),
         ("data: arith\n", ["--orders", "2", "--order", "2"], "outside 0..1"),
         ("x: [\n", [], "not valid YAML"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_leaves_nothing(tiny_base, tmp_path, yaml_text, args, message):
+    """Every bad input is one `error:` line, found before a model is loaded or anything is written."""
     from sftmerge.cli.main import main
 
     path = tmp_path / "c.yaml"
+    if yaml_text.startswith("base: BAD:"):
+        kind = yaml_text.split(":")[2].strip()
+        yaml_text = f"base: {_bad_base(tiny_base, tmp_path / 'bad-base', kind)}\n"
+    if yaml_text.startswith("data: GSM8K:"):
+        data = tmp_path / "gsm8k"
+        data.mkdir()
+        (data / "train.jsonl").write_text(BAD_GSM8K[yaml_text.split(":")[2].strip()])
+        yaml_text = f"data: gsm8k:{data}\n"
     if "[" in yaml_text:
         text = yaml_text
     else:

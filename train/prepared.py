@@ -14,13 +14,14 @@ from typing import List, Optional, Tuple
 
 from sftmerge.data.pairs import Pair, load_pairs
 from sftmerge.errors import SftmergeError
+from sftmerge.io.layout import RunLayout
 from sftmerge.train.config import SFTRunConfig, load_config
 
 
 def run_config(run: Path) -> SFTRunConfig:
-    path = Path(run) / "config.yaml"
+    path = RunLayout(run).config
     if not path.is_file():
-        raise SftmergeError(f"{run} is not a training run (no config.yaml)")
+        raise SftmergeError(f"{run} is not a training run (no {path.name})")
     return load_config(path)
 
 
@@ -33,7 +34,7 @@ def prepared_dataset(config: SFTRunConfig, pairs: Optional[List[Pair]] = None) -
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from sftmerge.train.sft import sft_args, to_chat_dataset
+    from sftmerge.train.trainer_inputs import sft_args, to_chat_dataset
 
     if pairs is None:
         pairs = load_pairs(config.data, "train", config.num_samples, config.data_seed)

@@ -25,9 +25,14 @@ def sparsity(models, base: str, tolerance: float, out: str) -> None:
 
     if tolerance < 0:
         raise SftmergeError(f"--tol must be >= 0 (got {tolerance})")
+    from sftmerge.io.checkpoint import read_config, shapes
+
     for path in (base, *models):
         if not (Path(path) / "config.json").exists():
             raise SftmergeError(f"model folder not found: {path} (no config.json)")
+        # Damaged config.json or weight headers: one line now, before any tensor is read.
+        read_config(path)
+        shapes(path)
     table = {label: delta_sparsity(m, base, tolerance) for label, m in zip(model_labels(models), models)}
     click.echo(write_outputs(table, base, tolerance, Path(out)), nl=False)
     click.echo(f"wrote {out}/sparsity.{{md,csv,json,png}}")

@@ -1,7 +1,8 @@
 """The `sftmerge` command line: one group, one subcommand per stage.
 
 Heavy imports (torch, mergekit, transformers) happen inside the commands, so
-`sftmerge --help` stays fast.
+`sftmerge --help` stays fast, and a command whose optional extra is not installed
+fails alone, with one line naming the extra (sftmerge/extras.py).
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import click
 
 from sftmerge import __version__
 from sftmerge.errors import SftmergeError
+from sftmerge.extras import missing_extra, require
 
 
 class _Group(click.Group):
     """Lazily imported subcommands; SftmergeError becomes one `error: ...` line, exit 1.
 
-    `lazy` maps a command name to ("module:attribute", one-line help), so `--help`
-    lists it without importing torch or mergekit.
+    `lazy` maps a command name to ("module:attribute", one-line help, modules of extras
+    it needs), so `--help` lists it without importing torch or mergekit. Those modules
+    are looked up (not imported) before the command is, so a missing extra stops it
+    before it writes anything; a module of an extra found missing later, on import or
+    at run time, gives the same line.
     """
 
     def __init__(self, *args, lazy=None, **kwargs):
@@ -31,8 +36,15 @@ class _Group(click.Group):
 
     def get_command(self, ctx, name):
         if name in self.lazy and name not in self.commands:
-            module, attribute = self.lazy[name][0].split(":")
-            self.add_command(getattr(importlib.import_module(module), attribute), name)
+            target, _, *needs = self.lazy[name]  # `needs` may be left out: no extra needed
+            module, attribute = target.split(":")
+            what = f"`sftmerge {name}`"
+            require(*(needs[0] if needs else ()), what=what)  # before the import, which may need them too
+            try:
+                command = getattr(importlib.import_module(module), attribute)
+            except ModuleNotFoundError as e:
+                raise missing_extra(e, what) or e
+            self.add_command(command, name)
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx, formatter):
@@ -48,22 +60,35 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except ModuleNotFoundError as e:
+                what = f"`sftmerge {ctx.invoked_subcommand}`" if ctx.invoked_subcommand else "this command"
+                raise missing_extra(e, what) or e
         except SftmergeError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
 
 
+# name: (where the command is, its line in `--help`, modules of extras it cannot start without)
 LAZY = {
-    "merge": ("sftmerge.cli.merge:merge", "Validate a mergekit recipe strictly, then merge it (writes merge_report.json)."),
-    "analyze": ("sftmerge.cli.analyze:analyze", "Diagnostics: delta sparsity, training imbalance."),
-    "base": ("sftmerge.cli.train:base", "Write the embedded default base model (SmolLM2-135M-Instruct) as an HF folder."),
-    "train": ("sftmerge.cli.train:train", "Training: multi-order SFT (optionally L1-sparse), DPO/ORPO, the PAFT pipeline."),
-    "eval": ("sftmerge.cli.eval:eval_command", "Evaluate models on arith, GSM8K, HumanEval, MBPP and AlpacaEval."),
-    "card": ("sftmerge.hub.card:card_command", "(Re)write the Hugging Face model card of a merged model folder."),
-    "push": ("sftmerge.hub.push:push_command", "Upload a finished merge to the Hugging Face Hub (--dry-run lists it)."),
-    "demo": ("sftmerge.cli.demo:demo_command", "The main job end to end: train K orders, merge, evaluate, REPORT.md."),
-    "recipe": ("sftmerge.hub.push:recipe_group", "Recipes on the Hub: pull a shared merge's recipe into recipes/."),
+    "merge": ("sftmerge.cli.merge:merge", "Validate a mergekit recipe strictly, then merge it (writes merge_report.json).",
+              ()),
+    "analyze": ("sftmerge.cli.analyze:analyze", "Diagnostics: delta sparsity, training imbalance.", ("matplotlib",)),
+    "base": ("sftmerge.cli.train:base", "Write the embedded default base model (SmolLM2-135M-Instruct) as an HF folder.",
+             ("gguf",)),
+    "train": ("sftmerge.cli.train:train", "Training: multi-order SFT (optionally L1-sparse), DPO/ORPO, the PAFT pipeline.",
+              ("trl",)),
+    "eval": ("sftmerge.cli.eval:eval_command", "Evaluate models on arith, GSM8K, HumanEval, MBPP and AlpacaEval.",
+             ("lm_eval",)),
+    "card": ("sftmerge.hub.card:card_command", "(Re)write the Hugging Face model card of a merged model folder.", ()),
+    "push": ("sftmerge.hub.push:push_command", "Upload a finished merge to the Hugging Face Hub (--dry-run lists it).", ()),
+    "demo": ("sftmerge.cli.demo:demo_command", "The main job end to end: train K orders, merge, evaluate, REPORT.md.",
+             ("trl", "gguf", "lm_eval", "matplotlib")),
+    "recipe": ("sftmerge.hub.push:recipe_group", "Recipes on the Hub: pull a shared merge's recipe into recipes/.", ()),
+    "toy-models": ("sftmerge.cli.toy:toy_models", "Write a tiny synthetic family (base + K sub-models) and its recipes.", ()),
+    "plan": ("sftmerge.cli.plan:plan_command",
+             "Memory per GPU and time per order of a training config, from the model's config alone.", ()),
 }
 
 
@@ -71,39 +96,6 @@ LAZY = {
 @click.version_option(__version__, prog_name="sftmerge")
 def main() -> None:
     """Multi-order SFT, parameter-selection merging and evaluation."""
-
-
-@main.command("toy-models")
-@click.argument("out", type=click.Path(file_okay=False))
-@click.option("--k", "k", default=3, show_default=True, help="Number of sub-models.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the weights and deltas.")
-@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16", show_default=True)
-@click.option("--overwrite", is_flag=True)
-def toy_models(out: str, k: int, seed: int, dtype: str, overwrite: bool) -> None:
-    """Write a tiny synthetic family (base + K sub-models) and its recipe set to OUT.
-
-    Sub-models are the base plus seeded random deltas on ~70% of the elements (the rest
-    stay exactly equal to the base, as after bf16 SFT). For trying merges in seconds.
-    """
-    from pathlib import Path
-
-    from sftmerge.io.fsutil import atomic_output_dir
-    from sftmerge.merge.recipes import write_recipe_set
-    from sftmerge.data.synthetic import FamilySpec, write_family
-
-    if k < 2:
-        raise SftmergeError(f"--k must be at least 2 (got {k})")
-    spec = FamilySpec(k=k, seed=seed, dtype=dtype)
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        write_family(tmp, spec)
-        write_recipe_set(
-            tmp / "recipes",
-            base=f"{out}/base",
-            models=[f"{out}/order-{i}" for i in range(k)],
-            made_by=f"Made by `sftmerge toy-models {out} --k {k} --seed {seed}`.",
-            shown_as=f"{out}/recipes",
-        )
-    click.echo(f"wrote base + {k} sub-models and recipes to {Path(out)}")
 
 
 if __name__ == "__main__":

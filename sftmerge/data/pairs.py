@@ -27,6 +27,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+from sftmerge.data.tasks import TRAINING
+from sftmerge.data.jsonl import numbered_rows
 from sftmerge.errors import SftmergeError
 
 SPLITS = ("train", "test", "validation")
@@ -194,12 +196,13 @@ def arith_pairs(n: int, split: str = "train", seed: int = 0) -> List[Pair]:
 
 # ---------------------------------------------------------------------------- real sets
 
-def _read_jsonl(path: Path) -> List[Dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def _read_jsonl(path: Path, spec: str = "") -> List[Dict]:
+    return [row for _, row in numbered_rows(path, f"data {spec!r}: " if spec else "")]
 
 
-def _hub(name: str, config: Optional[str], split: str, spec: str) -> List[Dict]:
+def _hub(data: str, split: str, spec: str) -> List[Dict]:
+    """The `split` rows of training data set `data` from its Hub id (sftmerge.data.tasks.TRAINING)."""
+    name, config = TRAINING[data].hub, TRAINING[data].hub_config
     try:
         from datasets import load_dataset
 
@@ -230,9 +233,11 @@ def _gsm8k(path: Optional[Path], split: str, spec: str) -> List[Pair]:
     if split not in ("train", "test"):
         raise SftmergeError(f"data {spec!r}: gsm8k has splits train and test, not {split!r}")
     if path is None:
-        rows = _hub("openai/gsm8k", "main", split, spec)
+        rows = _hub("gsm8k", split, spec)
     else:
-        rows = _read_jsonl(_find(path, (f"{split}.jsonl",), spec))
+        file = _find(path, (f"{split}.jsonl",), spec)
+        where = f"data {spec!r}: "
+        rows = [_gsm8k_row(r, f"{where}{file} line {n}") for n, r in numbered_rows(file, where)]
     out = []
     for i, r in enumerate(rows):
         response = _CALC.sub("", r["answer"])
@@ -241,11 +246,21 @@ def _gsm8k(path: Optional[Path], split: str, spec: str) -> List[Pair]:
     return out
 
 
+def _gsm8k_row(row: Dict, where: str) -> Dict:
+    """A local GSM8K row as the loader needs it: question and answer text, the answer ending in `#### N`."""
+    for key in ("question", "answer"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise SftmergeError(f"{where} has no {key!r} text (GSM8K rows are {{\"question\": ..., \"answer\": ...}})")
+    if extract_answer(row["answer"], strict=True) is None:
+        raise SftmergeError(f"{where}: the answer has no final '#### N' (an incomplete GSM8K row?)")
+    return row
+
+
 def _alpaca(path: Optional[Path], split: str, spec: str) -> List[Pair]:
     if split != "train":
         raise SftmergeError(f"data {spec!r}: alpaca has only a train split, not {split!r}")
     if path is None:
-        rows = _hub("tatsu-lab/alpaca", None, "train", spec)
+        rows = _hub("alpaca", "train", spec)
     else:
         file = path
         if path.is_dir():
@@ -276,7 +291,7 @@ def _code(path: Optional[Path], split: str, spec: str) -> List[Pair]:
     if split not in MBPP_SPLITS:
         raise SftmergeError(f"data {spec!r}: code (MBPP) splits are {', '.join(MBPP_SPLITS)}, not {split!r}")
     if path is None:
-        rows = _hub("google-research-datasets/mbpp", "full", split, spec)
+        rows = _hub("code", split, spec)
     else:
         rows = _read_jsonl(_find(path, ("mbpp.jsonl",), spec))
     ids = MBPP_SPLITS[split]
@@ -295,7 +310,7 @@ _LOADERS: Dict[str, Callable[[Optional[Path], str, str], List[Pair]]] = {
     "alpaca": _alpaca,
     "code": _code,
 }
-NAMES = ("arith", *_LOADERS)
+NAMES = tuple(TRAINING)  # arith is generated here, the others have a loader above
 
 
 def parse_spec(spec: str) -> Tuple[str, Optional[Path]]:

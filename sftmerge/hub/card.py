@@ -65,7 +65,12 @@ def read_merge_folder(folder: str | Path) -> MergeFolder:
     base = str(config.base_model) if config.base_model else None
     models = list(dict.fromkeys(m for m, _, _ in recipe_inputs(config) if m != base))
     report_path = folder / REPORT_NAME
-    report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else {}
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else {}
+    except (UnicodeDecodeError, ValueError):
+        raise SftmergeError(f"{report_path} is not valid JSON") from None
+    if not isinstance(report, dict):
+        raise SftmergeError(f"{report_path} is not a JSON object")
     return MergeFolder(folder, text, config.merge_method, dict(config.parameters or {}), base, models, report)
 
 
@@ -191,7 +196,8 @@ def _body(merge: MergeFolder, name: str, rows, local_only: bool) -> str:
     if seed:
         parts.append(seed)
     parts.append(
-        "To rerun it: `sftmerge recipe pull <this repo id>`, then `sftmerge merge recipes/<name>.yml OUT`"
+        "To rerun it: `sftmerge recipe pull <this repo id>`, then"
+        f" `sftmerge merge recipes/<name>.yml OUT{_seed_option(merge)}`"
         " (the inputs must be reachable at the paths the recipe names)."
     )
     if rows:
@@ -204,11 +210,22 @@ def _body(merge: MergeFolder, name: str, rows, local_only: bool) -> str:
 
 
 def _seed_line(merge: MergeFolder) -> Optional[str]:
-    if merge.merge_method != "param_select":
+    if merge.merge_method == "param_select":
+        if "seed" in merge.parameters:
+            return f"Seed: {merge.parameters['seed']}; the same recipe and inputs give the same weights, bit for bit."
+        return "The recipe sets no seed, so the method's default seed 0 was used."
+    seed = merge.report.get("random_seed")
+    if seed is None:  # merged before sftmerge recorded mergekit's seed
         return None
-    if "seed" in merge.parameters:
-        return f"Seed: {merge.parameters['seed']}; the same recipe and inputs give the same weights, bit for bit."
-    return "The recipe sets no seed, so the method's default seed 0 was used."
+    return (f"Random seed: {seed} (mergekit's global seed, `--random-seed`, recorded in `{REPORT_NAME}`);"
+            " the same recipe, inputs and seed give the same weights, bit for bit, with `sftmerge merge`"
+            f" or `mergekit-yaml {RECIPE_NAME} OUT --random-seed {seed}`.")
+
+
+def _seed_option(merge: MergeFolder) -> str:
+    """The --random-seed a rerun needs: none where the recipe's own seed is the seed."""
+    seed = merge.report.get("random_seed")
+    return f" --random-seed {seed}" if seed is not None and "seed" not in merge.parameters else ""
 
 
 def check_card(card, data, recipe_text: str) -> None:

@@ -10,18 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
+from sftmerge.data.tasks import TASKS
 from sftmerge.errors import SftmergeError
 
-# task id -> (Hub dataset id, pretty name); the order is the table's order.
-TASKS: Dict[str, Tuple[str, str]] = {
-    "arith": ("arith", "Arithmetic word problems (built-in)"),
-    "gsm8k": ("openai/gsm8k", "GSM8K"),
-    "humaneval": ("openai/openai_humaneval", "HumanEval"),
-    "mbpp": ("google-research-datasets/mbpp", "MBPP"),
-    "alpaca": ("tatsu-lab/alpaca_eval", "AlpacaEval"),
-}
+# The table's rows follow the task registry's order; an unknown task keeps its own name.
 # Every task is scored on generated text.
 HUB_TASK = ("text-generation", "Text Generation")
 
@@ -38,7 +32,8 @@ class MetricRow:
 
     @property
     def dataset(self) -> Tuple[str, str]:
-        return TASKS.get(self.task, (self.task, self.task))
+        spec = TASKS.get(self.task)
+        return (spec.dataset_id, spec.title) if spec else (self.task, self.task)
 
 
 def read_results(results_dir: str | Path, model_name: str) -> List[MetricRow]:

@@ -9,33 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, Optional
 
 import click
 
 from sftmerge.errors import SftmergeError
+from sftmerge.hub.upload_files import WEIGHT_PATTERNS, opened_for_upload, upload_plan
 
 # Seconds to wait for the Hub to accept a connection or to answer a request.
 TIMEOUT_ENV = "SFTMERGE_HUB_TIMEOUT"
 DEFAULT_TIMEOUT = 60.0
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
-
-
-@dataclass(frozen=True)
-class UploadFile:
-    path_in_repo: str
-    size: int
-
-
-def upload_plan(folder: Path) -> List[UploadFile]:
-    """Exactly the files upload_folder would send: all files minus the Hub's default ignores."""
-    from huggingface_hub.utils import DEFAULT_IGNORE_PATTERNS, filter_repo_objects
-
-    files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.glob("**/*")) if p.is_file()}
-    kept = filter_repo_objects(list(files), ignore_patterns=list(DEFAULT_IGNORE_PATTERNS))
-    return [UploadFile(rel, files[rel].stat().st_size) for rel in kept]
 
 
 def check_finished_merge(folder: Path) -> None:
@@ -167,28 +151,37 @@ def _valid_repo_id(repo_id: str) -> str:
 @click.command("push")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.argument("repo_id")
-@click.option("--private", is_flag=True, help="Create the repository private (an existing one keeps its visibility).")
-@click.option("--dry-run", is_flag=True, help="List the files and sizes that would be uploaded and print the card.")
-def push_command(out: str, repo_id: str, private: bool, dry_run: bool) -> None:
+@click.option("--public", is_flag=True, help="Create the repository public (default: private).")
+@click.option("--private", is_flag=True, hidden=True, help="The default; accepted for older scripts.")
+@click.option("--dry-run", is_flag=True, help="List what would be uploaded and what is left out, and print the card.")
+def push_command(out: str, repo_id: str, public: bool, private: bool, dry_run: bool) -> None:
     """Upload the merged model folder OUT to the Hub model repository REPO_ID.
 
+    Only the model's files are uploaded (weights and index, config, generation config,
+    tokenizer files, card, recipe, merge report, results/*.json); symbolic links never.
+    A new repository is private unless --public; an existing one keeps its visibility.
     The token comes from HF_TOKEN or the one saved by `hf auth login`.
     """
     from huggingface_hub import constants
 
     from sftmerge.hub.card import CARD_NAME
 
+    if public and private:
+        raise SftmergeError("--public and --private contradict each other")
     folder = Path(out)
     _valid_repo_id(repo_id)
     check_finished_merge(folder)
-    plan = upload_plan(folder)
+    plan, left_out = upload_plan(folder)
     total = sum(f.size for f in plan)
+    visibility = "public" if public else "private"
     if dry_run:
-        visibility = "private" if private else "public"
         click.echo(f"would upload {len(plan)} files ({human_size(total)}) from {folder} "
-                   f"to {constants.ENDPOINT}/{repo_id} ({visibility}):")
+                   f"to {constants.ENDPOINT}/{repo_id} ({visibility} if created):")
         for f in plan:
             click.echo(f"  {human_size(f.size):>10}  {f.path_in_repo}")
+        click.echo(f"left out: {len(left_out)}")
+        for item in left_out:
+            click.echo(f"  {item.path}  ({item.why})")
         click.echo(f"\n--- {CARD_NAME} ---")
         click.echo((folder / CARD_NAME).read_text(encoding="utf-8"), nl=False)
         return
@@ -197,15 +190,11 @@ def push_command(out: str, repo_id: str, private: bool, dry_run: bool) -> None:
     from huggingface_hub import HfApi
 
     api = HfApi(token=_require_token())
-    with hub_session():
-        repo = api.create_repo(repo_id, private=private or None, exist_ok=True)
-        api.upload_folder(
-            repo_id=repo.repo_id,
-            folder_path=folder,
-            commit_message=f"Upload merged model {folder.name} (sftmerge)",
-            ignore_patterns=[],  # upload_folder adds its default ignores, as upload_plan does
-        )
-    click.echo(f"pushed {len(plan)} files ({human_size(total)}) to {repo}")
+    with hub_session(), opened_for_upload(folder, plan) as operations:
+        repo = api.create_repo(repo_id, private=not public, exist_ok=True)
+        api.create_commit(repo_id=repo.repo_id, operations=operations,
+                          commit_message=f"Upload merged model {folder.name} (sftmerge)")
+    click.echo(f"pushed {len(plan)} files ({human_size(total)}) to {repo}; left out {len(left_out)}")
 
 
 @click.group("recipe")

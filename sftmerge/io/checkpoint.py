@@ -20,11 +20,56 @@ def weight_files(folder: str | Path) -> list[Path]:
     return files
 
 
+# safetensors itself refuses headers above 100 MB; a larger length is garbage, not a header.
+MAX_HEADER_BYTES = 100_000_000
+
+
 def read_header(file: Path) -> dict:
-    """The safetensors JSON header (names, dtypes, shapes) without reading any tensor."""
+    """The safetensors JSON header (names, dtypes, shapes) without reading any tensor.
+
+    A file that is not a whole safetensors file (garbage length, header that is not the
+    expected JSON, tensors running past the end) is one SftmergeError line.
+    """
+    size = Path(file).stat().st_size
     with open(file, "rb") as fh:
         n = int.from_bytes(fh.read(8), "little")
-        return json.loads(fh.read(n))
+        if size < 8 or not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
+            raise SftmergeError(f"{file} is not a safetensors file: header length {n} does not fit its {size} bytes")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise SftmergeError(f"{file} is not a safetensors file: its header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise SftmergeError(f"{file} is not a safetensors file: its header is not a JSON object")
+    data_bytes = size - 8 - n
+    for name, info in header.items():
+        if name != "__metadata__" and not _entry_fits(info, data_bytes):
+            raise SftmergeError(f"{file} is damaged: tensor {name} has no valid shape or lies past the end of the file")
+    return header
+
+
+def _entry_fits(info, data_bytes: int) -> bool:
+    if not isinstance(info, dict):
+        return False
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    ints = lambda xs: isinstance(xs, list) and all(isinstance(x, int) and x >= 0 for x in xs)  # noqa: E731
+    return (isinstance(info.get("dtype"), str) and ints(shape) and ints(offsets) and len(offsets) == 2
+            and offsets[0] <= offsets[1] <= data_bytes)
+
+
+def read_config(folder: str | Path) -> dict:
+    """A model folder's config.json as a mapping; anything else is one SftmergeError line."""
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SftmergeError(f"cannot read {path}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, ValueError):
+        raise SftmergeError(f"{path} is not valid JSON") from None
+    if not isinstance(config, dict):
+        raise SftmergeError(f"{path} is not a JSON object")
+    return config
 
 
 def shapes(folder: str | Path) -> Dict[str, Tuple[int, ...]]:
@@ -37,7 +82,7 @@ def shapes(folder: str | Path) -> Dict[str, Tuple[int, ...]]:
 
 
 def architecture(folder: str | Path) -> str:
-    cfg = json.loads((Path(folder) / "config.json").read_text())
+    cfg = read_config(folder)
     return ",".join(cfg.get("architectures") or [cfg.get("model_type", "?")])
 
 
@@ -52,7 +97,13 @@ def iter_pairs(model: str | Path, base: str | Path) -> Iterator[Tuple[str, "torc
     """(name, model tensor, base tensor) for every tensor the two folders share, one at a time."""
     from safetensors import safe_open
 
+    from safetensors import SafetensorError
+
     mine, theirs = tensor_index(model), tensor_index(base)
     for name in sorted(set(mine) & set(theirs)):
-        with safe_open(str(mine[name]), "pt") as a, safe_open(str(theirs[name]), "pt") as b:
-            yield name, a.get_tensor(name), b.get_tensor(name)
+        try:
+            with safe_open(str(mine[name]), "pt") as a, safe_open(str(theirs[name]), "pt") as b:
+                pair = a.get_tensor(name), b.get_tensor(name)
+        except SafetensorError as e:
+            raise SftmergeError(f"cannot read tensor {name} of {mine[name]} or {theirs[name]}: {e}") from None
+        yield name, *pair

@@ -6,7 +6,7 @@ A run folder (made by `sftmerge train sft`, `sftmerge demo`, `make reproduce`):
     RUN/recipes/<name>.yml          merge recipes over the K orders
     RUN/order-<k>/                  finished sub-model k (summary.json, sample_losses.jsonl,
                                     checkpoints/step-<n>/ model-only snapshots)
-    RUN/.order-<k>.work/            order k while it trains (resumable)
+    RUN/.order-<k>.work/            order k while it trains (resumable; `work_folder`)
     RUN/merged/<name>/              merged models
     RUN/eval/<model>/<task>.json    evaluation results (+ <task>.samples.jsonl)
     RUN/imbalance/, RUN/steps/      diagnostics
@@ -49,6 +49,17 @@ def step_name(n: int) -> str:
     return f"{STEP_PREFIX}{n}"
 
 
+def is_order_name(name: str) -> bool:
+    """`order-k`: a sub-model's folder name (as evaluation results name it)."""
+    return name.startswith(ORDER_PREFIX) and number_of(name) is not None
+
+
+def work_folder(final: str | os.PathLike) -> Path:
+    """`.<name>.work/` beside `final`: where a training run works until `final` is complete."""
+    final = Path(final)
+    return final.parent / f".{final.name}.work"
+
+
 def is_model_folder(path: str | os.PathLike) -> bool:
     return (Path(path) / MODEL_CONFIG).is_file()
 
@@ -75,7 +86,11 @@ class RunLayout:
         return self.root / order_name(k)
 
     def order_work(self, k: int) -> Path:
-        return self.root / f".{order_name(k)}.work"
+        return work_folder(self.order(k))
+
+    def order_works(self) -> List[Path]:
+        """Work folders of orders that started and have not finished (resumable)."""
+        return sorted(p for p in self.root.glob(f".{ORDER_PREFIX}*.work") if p.is_dir())
 
     def order_summary(self, k: int) -> Path:
         return self.order(k) / SUMMARY_NAME
@@ -123,11 +138,15 @@ class RunLayout:
     def eval_root(self) -> Path:
         return self.root / "eval"
 
+    @property
+    def results(self) -> "ResultsLayout":
+        return ResultsLayout(self.eval_root)
+
     def eval_result(self, model: str, task: str) -> Path:
-        return self.eval_root / model / f"{task}.json"
+        return self.results.result(model, task)
 
     def eval_samples(self, model: str, task: str) -> Path:
-        return self.eval_root / model / f"{task}.samples.jsonl"
+        return self.results.samples(model, task)
 
     @property
     def imbalance(self) -> Path:
@@ -148,3 +167,39 @@ class RunLayout:
     @property
     def report(self) -> Path:
         return self.root / "REPORT.md"
+
+
+@dataclass(frozen=True)
+class ResultsLayout:
+    """An evaluation output folder (`sftmerge eval --out OUT`, or RUN/eval):
+
+    OUT/<model>/<task>.json, <task>.samples.jsonl, <task>.error.txt; OUT/summary.{json,md,png}.
+    """
+
+    root: Path
+
+    def __init__(self, root: str | os.PathLike):
+        object.__setattr__(self, "root", Path(root))
+
+    def model(self, name: str) -> Path:
+        return self.root / name
+
+    def result(self, model: str, task: str) -> Path:
+        return self.model(model) / f"{task}.json"
+
+    @staticmethod
+    def samples_name(task: str) -> str:
+        return f"{task}.samples.jsonl"
+
+    def samples(self, model: str, task: str) -> Path:
+        return self.model(model) / self.samples_name(task)
+
+    def error_log(self, model: str, task: str) -> Path:
+        return self.model(model) / f"{task}.error.txt"
+
+    def results(self) -> List[Path]:
+        """Every OUT/<model>/<name>.json (result files and side files alike; callers filter by task)."""
+        return sorted(self.root.glob("*/*.json"))
+
+    def summary(self, suffix: str) -> Path:
+        return self.root / f"summary.{suffix}"

@@ -20,9 +20,8 @@ import yaml
 
 from sftmerge.io import checkpoint
 from sftmerge.errors import SftmergeError
-from sftmerge.io.layout import RECIPE_NAME, REPORT_NAME
+from sftmerge.io.layout import RECIPE_NAME, REPORT_NAME, SUMMARY_NAME
 from sftmerge.io.sources import looks_like_hub_id
-
 
 
 @dataclass
@@ -149,15 +148,28 @@ def check_same_start(models: List[str]) -> None:
     their starting weights in summary.json, and those must agree."""
     seen = {}
     for m in models:
-        summary = Path(m) / "summary.json"
+        summary = Path(m) / SUMMARY_NAME
         if summary.is_file():
-            fp = json.loads(summary.read_text()).get("initial_weights_fingerprint")
+            fp = _read_summary(summary).get("initial_weights_fingerprint")
             if fp:
                 seen[m] = fp
     if len(set(seen.values())) > 1:
         said = ", ".join(f"{m} from {fp[:12]}" for m, fp in seen.items())
         raise SftmergeError(f"the models were trained from different base weights ({said}); "
                             "their deltas cannot be merged over one base")
+
+
+def _read_summary(path: Path) -> dict:
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise SftmergeError(f"{path} is not valid JSON (a damaged training summary)") from None
+    if not isinstance(summary, dict):
+        raise SftmergeError(f"{path} is not a JSON object (a damaged training summary)")
+    fp = summary.get("initial_weights_fingerprint")
+    if fp is not None and not isinstance(fp, str):
+        raise SftmergeError(f"{path}: initial_weights_fingerprint must be a string; got {fp!r}")
+    return summary
 
 
 def _closest(key: str, names) -> Optional[str]:
@@ -204,6 +216,7 @@ def _check_model_exists(path: str) -> None:
     if p.is_dir():
         if not (p / "config.json").exists():
             raise SftmergeError(f"model folder {path} has no config.json (not a Hugging Face model folder)")
+        checkpoint.read_config(p)
         return
     if p.exists():
         raise SftmergeError(f"model path {path} is a file, not a model folder")
@@ -239,30 +252,47 @@ def _check_compatible(paths: List[str]) -> None:
             raise SftmergeError(f"{path} lacks tensor {missing[0]} that {ref_path} has ({len(missing)} missing)")
 
 
+def input_paths(recipe: Recipe) -> List[str]:
+    """Every path the merge reads: the recipe file, the base, the models and their LoRAs."""
+    paths = [str(recipe.path)]
+    for ref in recipe.config.referenced_models():
+        paths.append(ref.model.path)
+        if ref.lora is not None:
+            paths.append(ref.lora.path)
+    return paths
+
+
 def run_recipe(recipe: Recipe, out: str | os.PathLike, options, overwrite: bool = False,
                finish: Optional[Callable[[Path], None]] = None) -> dict:
     """Merge into a temporary folder, write merge_report.json, then rename to `out`.
 
     `finish(tmp)` writes further files (the model card) before the folder is declared complete.
+    `out` must lie outside every input, and replaces only an earlier sftmerge output.
     """
     from mergekit.merge import run_merge
 
     from sftmerge.io.fsutil import atomic_output_dir, write_json, write_text
+    from sftmerge.merge.seed import caller_random_state_kept, random_seed
     from sftmerge.plugins.stats import SELECTION_STATS
 
+    seed = random_seed(recipe.parameters, options.random_seed)
     SELECTION_STATS.clear()
     start = time.perf_counter()
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+    # Older merges have no marker; their report and recipe show sftmerge wrote them.
+    with atomic_output_dir(out, overwrite=overwrite, inputs=input_paths(recipe),
+                           legacy_marks=(REPORT_NAME, RECIPE_NAME)) as tmp:
         # mergekit's own card is replaced by sftmerge's, and its Hub look-ups of local
         # paths fail offline: write the recipe (exactly as given) and the card here.
-        quiet_card = options.model_copy(update={"write_model_card": False})
+        # run_merge seeds torch, numpy and random with random_seed before any tensor task.
+        merge_options = options.model_copy(update={"write_model_card": False, "random_seed": seed})
         try:
-            run_merge(recipe.config, str(tmp), options=quiet_card, config_source=recipe.source)
+            with caller_random_state_kept():
+                run_merge(recipe.config, str(tmp), options=merge_options, config_source=recipe.source)
         except SftmergeError:
             raise
         except Exception as e:  # mergekit's own failures, shown as one line
             raise SftmergeError(f"merge failed: {type(e).__name__}: {e}") from e
-        report = build_report(recipe, time.perf_counter() - start)
+        report = build_report(recipe, time.perf_counter() - start, seed)
         write_json(tmp / REPORT_NAME, report)
         write_text(tmp / RECIPE_NAME, recipe.source)
         if finish is not None:
@@ -270,7 +300,7 @@ def run_recipe(recipe: Recipe, out: str | os.PathLike, options, overwrite: bool 
     return report
 
 
-def build_report(recipe: Recipe, seconds: float) -> dict:
+def build_report(recipe: Recipe, seconds: float, seed: int) -> dict:
     from sftmerge.plugins.stats import SELECTION_STATS
 
     params = recipe.parameters
@@ -280,6 +310,7 @@ def build_report(recipe: Recipe, seconds: float) -> dict:
         "merge_method": recipe.config.merge_method,
         "base_model": recipe.base,
         "models": models,
+        "random_seed": seed,
         "seconds": round(seconds, 2),
     }
     if recipe.config.merge_method == "param_select":

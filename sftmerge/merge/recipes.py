@@ -44,6 +44,9 @@ _HEADERS = {
 }
 
 METHODS = tuple(_HEADERS)
+# What `sftmerge demo` merges by default: the paper's baseline, its method with and
+# without resampling, and TIES for reference (dare_ties needs mergekit's global seed).
+DEMO_METHODS = ("average", "select", "resample", "ties")
 
 
 def recipe(method: str, base: str, models: Sequence[str], seed: int = DEFAULT_SEED) -> Dict:

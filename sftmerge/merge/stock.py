@@ -25,20 +25,20 @@ def mergekit_yaml(recipe: Path, target: Path, random_seed: int = 42) -> bool:
     """Merge `recipe` into `target`; False (nothing done) when `target` already holds a model.
 
     `--random-seed` fixes mergekit's global seed (DARE's drop mask); param_select's own
-    seed is in the recipe.
+    seed is in the recipe. The output appears only when complete (`atomic_output_dir`).
     """
+    from sftmerge.io.fsutil import atomic_output_dir
+
     if (target / "config.json").is_file():
         return False
     if not Path(recipe).is_file():
         raise SftmergeError(f"recipe {recipe} not found")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    proc = subprocess.run([console_script("mergekit-yaml"), str(recipe), str(tmp), "--random-seed", str(random_seed)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise SftmergeError(f"mergekit-yaml {recipe} failed: {tail[0]}")
-    tmp.rename(target)
+    shutil.rmtree(target.with_name(f".{target.name}.tmp"), ignore_errors=True)  # left by older versions
+    with atomic_output_dir(target, inputs=[recipe]) as tmp:
+        # mergekit-yaml writes into a folder of its own: the empty temp folder it is given.
+        proc = subprocess.run([console_script("mergekit-yaml"), str(recipe), str(tmp),
+                               "--random-seed", str(random_seed)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise SftmergeError(f"mergekit-yaml {recipe} failed: {tail[0]}")
     return True

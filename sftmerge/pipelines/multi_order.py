@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from sftmerge.data.tasks import TASKS, TRAINING
 from sftmerge.errors import SftmergeError
 from sftmerge.io.fsutil import write_json
+from sftmerge.io.layout import MODEL_CONFIG, RunLayout, is_model_folder
+from sftmerge.merge.recipes import DEMO_METHODS, METHODS
 
-MERGES = ("average", "select", "resample", "ties")  # recipe names from sftmerge.merge.recipes
-TASK_FOR_DATA = {"arith": "arith", "gsm8k": "gsm8k", "alpaca": "alpaca", "code": "mbpp"}
-# Where a --data-dir holds each training set (the layout of ../shared/data).
-DATA_SUBDIR = {"gsm8k": "gsm8k", "alpaca": "alpaca", "code": "mbpp"}
+MERGES = DEMO_METHODS  # recipe names of sftmerge.merge.recipes
 STAGES = ("base", "train", "merge", "eval", "imbalance", "report")
 
 
@@ -35,30 +35,49 @@ class DemoSettings:
     backend: str = "auto"
     batch_size: int = 16
     allow_code_execution: bool = False
+    allow_weak_sandbox: bool = False  # run code without bubblewrap (docs/security.md)
     seed: int = 0  # paired bootstrap seed (recorded in the report)
 
+    def eval_settings(self):
+        from sftmerge.eval.tasks import EvalSettings
 
-def stage_base(config) -> str:
+        return EvalSettings(limit=self.eval_limit, data_dir=Path(self.data_dir) if self.data_dir else None,
+                            batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                            allow_code_execution=self.allow_code_execution,
+                            allow_weak_sandbox=self.allow_weak_sandbox)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage did: `did_work` False when it found everything already done."""
+
+    did_work: bool
+    message: str
+
+
+def stage_base(config) -> StageResult:
     from sftmerge.train.base import BASES, make_base
 
     if config.base == BASES["smollm2"]["default_out"]:
         record = make_base("smollm2", config.base)
-        return "already there" if record["cached"] else "written"
-    if not (Path(config.base) / "config.json").is_file():
-        raise SftmergeError(f"base {config.base} is not a model folder (no config.json)")
-    return "given"
+        return StageResult(False, "already there") if record["cached"] else StageResult(True, "written")
+    if not is_model_folder(config.base):
+        raise SftmergeError(f"base {config.base} is not a model folder (no {MODEL_CONFIG})")
+    return StageResult(False, "given")
 
 
-def stage_train(config, echo) -> str:
+def stage_train(config, echo) -> StageResult:
+    from sftmerge.eval.losses import sample_losses
     from sftmerge.train.sft import run_multi_order
 
-    run = Path(config.output_dir)
-    before = sum((run / f"order-{k}" / "summary.json").is_file() for k in range(config.orders))
-    run_multi_order(config, echo=echo)
-    return f"{config.orders - before} new, {before} already there"
+    run = RunLayout(config.output_dir)
+    before = sum(run.order_summary(k).is_file() for k in range(config.orders))
+    run_multi_order(config, echo=echo, score_samples=sample_losses)
+    new = config.orders - before
+    return StageResult(new > 0, f"{new} new, {before} already there")
 
 
-def stage_merge(run: Path, merges, echo) -> str:
+def stage_merge(run: RunLayout, merges, echo) -> StageResult:
     """Each recipe of RUN/recipes/ through the stock mergekit-yaml into RUN/merged/<name>/."""
     from tqdm.auto import tqdm
 
@@ -67,38 +86,32 @@ def stage_merge(run: Path, merges, echo) -> str:
     done = 0
     for name in tqdm(merges, desc="merging (mergekit-yaml)", unit="merge"):
         t0 = time.time()
-        target = run / "merged" / name
-        if mergekit_yaml(run / "recipes" / f"{name}.yml", target):
+        target = run.merged(name)
+        if mergekit_yaml(run.recipe(name), target):
             done += 1
             echo(f"merged {name} in {time.time() - t0:.0f}s -> {target}")
-    return f"{done} new, {len(merges) - done} already there"
+    return StageResult(done > 0, f"{done} new, {len(merges) - done} already there")
 
 
-def models_of(run: Path, merges) -> List[str]:
-    singles = sorted((p for p in run.glob("order-*") if (p / "config.json").is_file()),
-                     key=lambda p: int(p.name.split("-")[1]))
-    return [str(p) for p in singles] + [str(run / "merged" / m) for m in merges]
+def models_of(run: RunLayout, merges) -> List[str]:
+    return [str(p) for p in run.orders()] + [str(run.merged(m)) for m in merges]
 
 
-def stage_eval(run: Path, task: str, settings: DemoSettings, base: str, echo) -> str:
+def stage_eval(run: RunLayout, task: str, settings: DemoSettings, base: str, echo) -> StageResult:
     from sftmerge.eval.backends import resolve_backend
     from sftmerge.eval.runner import evaluate_models
     from sftmerge.eval.summary import write_summary
-    from sftmerge.eval.tasks import EvalSettings
 
-    out = run / "eval"
-    ev = EvalSettings(limit=settings.eval_limit, data_dir=Path(settings.data_dir) if settings.data_dir else None,
-                      batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens,
-                      allow_code_execution=settings.allow_code_execution)
+    ev = settings.eval_settings()
     # The base on the same problems: the reference that shows what fine-tuning bought.
     models = [base, *models_of(run, settings.merges)]
-    todo = [m for m in models if not _evaluated(out / Path(m).name / f"{task}.json", ev)]
+    todo = [m for m in models if not _evaluated(run.eval_result(Path(m).name, task), ev)]
     if todo:
-        failures = evaluate_models(todo, [task], ev, resolve_backend(settings.backend), out, echo=echo)
+        failures = evaluate_models(todo, [task], ev, resolve_backend(settings.backend), run.eval_root, echo=echo)
         if failures:
             raise SftmergeError(f"evaluation failed: {'; '.join(failures)}")
-    write_summary(out)
-    return f"{len(todo)} evaluated, {len(models) - len(todo)} already there"
+    write_summary(run.eval_root)
+    return StageResult(bool(todo), f"{len(todo)} evaluated, {len(models) - len(todo)} already there")
 
 
 def _evaluated(result: Path, ev) -> bool:
@@ -110,23 +123,22 @@ def _evaluated(result: Path, ev) -> bool:
             and (ev.max_new_tokens is None or done.get("max_new_tokens") == ev.max_new_tokens))
 
 
-def stage_imbalance(run: Path, merges, config, limit: Optional[int]) -> str:
+def stage_imbalance(run: RunLayout, merges, config, limit: Optional[int]) -> StageResult:
     """Figures 1 and 3; figure 4 too when the run kept same-step snapshots."""
     from sftmerge.eval.imbalance import imbalance
 
-    out = run / "imbalance"
-    merged = [str(run / "merged" / m) for m in merges]
-    done = out / "imbalance.json"
+    merged = [str(run.merged(m)) for m in merges]
+    done = run.imbalance / "imbalance.json"
     did = []
     if not (done.is_file() and json.loads(done.read_text())["merged"] == merged):
-        imbalance(run, merged, out)
+        imbalance(run.root, merged, run.imbalance)
         did.append("figures 1, 3")
-    if config.keep_checkpoint_steps and not (run / "steps" / "steps.json").is_file():
+    if config.keep_checkpoint_steps and not (run.steps / "steps.json").is_file():
         from sftmerge.pipelines.steps import step_curves
 
-        step_curves(run, run / "steps", "select", limit or 100)
+        step_curves(run.root, run.steps, "select", limit or 100)
         did.append("figure 4")
-    return f"{' and '.join(did)} written" if did else "already there"
+    return StageResult(bool(did), f"{' and '.join(did)} written" if did else "already there")
 
 
 def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Path:
@@ -134,36 +146,45 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Pat
     from sftmerge.pipelines.report import machine, write_report
     from sftmerge.train.config import load_config
 
+    from sftmerge.eval.tasks import check_settings
+
     config = load_config(settings.config, settings.overrides)
     if config.orders < 2:
         raise SftmergeError(f"the demo merges sub-models: K must be at least 2 (got {config.orders})")
+    check_settings(settings.eval_settings())  # bad evaluation flags fail now, not after training
+    unknown = [m for m in settings.merges if m not in METHODS]
+    if unknown:
+        raise SftmergeError(f"unknown merge {unknown[0]!r} (known: {', '.join(METHODS)})")
     data_name = config.data.split(":")[0]
-    if settings.data_dir and ":" not in config.data and data_name in DATA_SUBDIR:
-        config.data = f"{data_name}:{Path(settings.data_dir) / DATA_SUBDIR[data_name]}"
-    task = TASK_FOR_DATA.get(data_name)
-    if task is None:
-        raise SftmergeError(f"no evaluation task for data {config.data!r} (known: {', '.join(TASK_FOR_DATA)})")
-    run = Path(config.output_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    times_path = run / "stages.json"
-    times = json.loads(times_path.read_text()) if times_path.is_file() else {}
+    if data_name not in TRAINING:
+        raise SftmergeError(f"no evaluation task for data {config.data!r} (known: {', '.join(TRAINING)})")
+    data = TRAINING[data_name]
+    if settings.data_dir and ":" not in config.data and data.local_dir:
+        config.data = f"{data_name}:{Path(settings.data_dir) / data.local_dir}"
+    task = data.eval_task
+    if TASKS[task].executes_code:  # refused now, not after training
+        from sftmerge.eval.sandbox import require_opt_in
+
+        require_opt_in(settings.allow_code_execution, task, settings.allow_weak_sandbox)
+    run = RunLayout(config.output_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
+    times = json.loads(run.stages.read_text()) if run.stages.is_file() else {}
     steps = {
         "base": lambda: stage_base(config),
         "train": lambda: stage_train(config, echo),
         "merge": lambda: stage_merge(run, settings.merges, echo),
         "eval": lambda: stage_eval(run, task, settings, config.base, echo),
         "imbalance": lambda: stage_imbalance(run, settings.merges, config, settings.eval_limit),
-        "report": lambda: str(write_report(run, task, settings, times, machine())),
+        "report": lambda: StageResult(True, str(write_report(run.root, task, settings, times, machine()))),
     }
     for i, stage in enumerate(STAGES, 1):
         echo(f"[{i}/{len(STAGES)}] {stage} ...")
         t0 = time.time()
-        what = steps[stage]()
+        result = steps[stage]()
         seconds = time.time() - t0
         # A stage that found everything done keeps the time of the run that did the work.
-        idle = what == "already there" or what.startswith(("0 new", "0 evaluated"))
-        if stage not in times or not idle:
-            times[stage] = {"seconds": round(seconds, 1), "result": what}
-        write_json(times_path, times)
-        echo(f"[{i}/{len(STAGES)}] {stage}: {what} ({seconds:.1f}s)")
-    return run / "REPORT.md"
+        if stage not in times or result.did_work:
+            times[stage] = {"seconds": round(seconds, 1), "result": result.message}
+        write_json(run.stages, times)
+        echo(f"[{i}/{len(STAGES)}] {stage}: {result.message} ({seconds:.1f}s)")
+    return run.report

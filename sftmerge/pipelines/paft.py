@@ -36,13 +36,16 @@ def _labelled_models(out: Path, base: str) -> Dict[str, str]:
 
 def train_all(sft: SFTRunConfig, dpo: DPORunConfig, l1: float, out: Path, echo: Callable) -> None:
     from sftmerge.train.dpo import run_dpo
+    from sftmerge.eval.losses import sample_losses
     from sftmerge.train.sft import run_multi_order
 
     if l1 <= 0:
         raise SftmergeError(f"PAFT needs an L1 strength > 0 (got {l1})")
     base = sft.base
-    run_multi_order(replace(sft, orders=1, l1=0.0, output_dir=str(out / "sft")), echo=echo)
-    run_multi_order(replace(sft, orders=1, l1=l1, output_dir=str(out / "sft-l1")), echo=echo)
+    run_multi_order(replace(sft, orders=1, l1=0.0, output_dir=str(out / "sft")), echo=echo,
+                    score_samples=sample_losses)
+    run_multi_order(replace(sft, orders=1, l1=l1, output_dir=str(out / "sft-l1")), echo=echo,
+                    score_samples=sample_losses)
     run_dpo(replace(dpo, base=base, output_dir=str(out / "dpo")), echo=echo)
     run_dpo(replace(dpo, base=str(out / "sft" / "order-0"), output_dir=str(out / "sft-dpo")), echo=echo)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from sftmerge.io.fsutil import write_json, write_text
+from sftmerge.io.layout import RunLayout, is_order_name
 
 # Per-sample keys compared pairwise (arith: correct, loss; gsm8k: one key per answer filter).
 LABELS = {"correct": "exact match", "loss": "held-out loss"}
@@ -27,7 +28,7 @@ def machine() -> Dict:
 
 
 def _samples(run: Path, name: str, task: str) -> List[Dict]:
-    path = run / "eval" / name / f"{task}.samples.jsonl"
+    path = RunLayout(run).eval_samples(name, task)
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -68,15 +69,16 @@ def paired_table_markdown(rows: List[Dict]) -> List[str]:
 def write_report(run: Path, task: str, settings, times: Dict, host: Dict) -> Path:
     from sftmerge.eval.summary import collect, markdown, table
 
-    rows = [r for r in collect(run / "eval") if r["task"] == task]
+    layout = RunLayout(run)
+    rows = [r for r in collect(layout.eval_root) if r["task"] == task]
     t = table(rows)
     merges = [m for m in settings.merges if m in t["models"]]
-    singles = [m for m in t["models"] if m.startswith("order-")]
+    singles = [m for m in t["models"] if is_order_name(m)]
     base_name = next((m for m in t["models"] if m not in singles and m not in merges), "not evaluated")
     keys = ["correct", "loss", *dict.fromkeys(m for r in rows for m in r["metrics"])]
     paired = paired_rows(run, task, singles, merges, settings.seed, tuple(dict.fromkeys(keys)))
-    write_json(run / "paired.json", paired)
-    spearman = json.loads((run / "imbalance" / "spearman.json").read_text())
+    write_json(layout.paired, paired)
+    spearman = json.loads((layout.imbalance / "spearman.json").read_text())
 
     lines = [f"# {run.name}: multi-order SFT and merging", "",
              f"{len(singles)} sub-models (same base and settings, different data orders) and their merges "
@@ -98,15 +100,14 @@ def write_report(run: Path, task: str, settings, times: Dict, host: Dict) -> Pat
     lines += ["", "![loss vs first-epoch position](imbalance/position.png)", "",
               "![losses along order-0's data order, sub-models and merges](imbalance/anchor.png)", "",
               "![evaluation summary](eval/summary.png)", ""]
-    if (run / "steps" / "steps.png").is_file():
+    if (layout.steps / "steps.png").is_file():
         lines += ["Held-out loss against training step, single runs and the `select` merge of their same-step "
                   "checkpoints:", "", "![loss vs step](steps/steps.png)", ""]
     lines += ["## Recipes", ""]
     for m in merges:
-        lines += [f"`recipes/{m}.yml`:", "", "```yaml", (run / "recipes" / f"{m}.yml").read_text().rstrip(), "```", ""]
+        lines += [f"`recipes/{m}.yml`:", "", "```yaml", layout.recipe(m).read_text().rstrip(), "```", ""]
     lines += ["## Stage times", "", "| stage | seconds | what |", "|---|---|---|"]
     lines += [f"| {k} | {v['seconds']:.1f} | {v['result']} |" for k, v in times.items()]
     lines += ["", "## Machine", ""] + [f"- {k}: {v}" for k, v in host.items()]
-    path = run / "REPORT.md"
-    write_text(path, "\n".join(lines) + "\n")
-    return path
+    write_text(layout.report, "\n".join(lines) + "\n")
+    return layout.report

@@ -14,21 +14,20 @@ from typing import Dict, List, Optional
 
 from sftmerge.errors import SftmergeError
 from sftmerge.io.fsutil import write_json, write_text
+from sftmerge.io.layout import STEP_PREFIX, SUMMARY_NAME, RunLayout, number_of, numbered, order_name, step_name
 
 
 def snapshot_steps(run: Path) -> Dict[int, List[Path]]:
     """{step: [order-0's model at that step, order-1's, ...]} for steps every order has, and the final one."""
-    orders = sorted((p for p in Path(run).glob("order-*") if (p / "summary.json").is_file()),
-                    key=lambda p: int(p.name.split("-")[1]))
+    orders = RunLayout(run).orders(marker=SUMMARY_NAME)
     if len(orders) < 2:
         raise SftmergeError(f"{run} needs at least 2 finished orders to merge (found {len(orders)})")
-    per_order = [{int(s.name.split("-")[1]): s for s in (o / "checkpoints").glob("step-*")
-                  if (s / "config.json").is_file()} for o in orders]
+    per_order = [{number_of(s): s for s in numbered(RunLayout.snapshots(o), STEP_PREFIX)} for o in orders]
     common = sorted(set.intersection(*(set(d) for d in per_order)))
     if not common:
         raise SftmergeError(f"{run} kept no snapshots common to all orders: train with keep_checkpoint_steps")
     steps = {s: [d[s] for d in per_order] for s in common}
-    final = json.loads((orders[0] / "summary.json").read_text())["steps"]
+    final = json.loads(RunLayout.summary(orders[0]).read_text())["steps"]
     steps[final] = orders
     return steps
 
@@ -48,7 +47,7 @@ def held_out_pairs(config, limit: int):
 
 
 def mean_loss(model_dir: Path, dataset) -> float:
-    from sftmerge.train.sft import sample_losses
+    from sftmerge.eval.losses import sample_losses
 
     rows = sample_losses(Path(model_dir), dataset)
     return sum(r["loss"] * r["tokens"] for r in rows) / max(sum(r["tokens"] for r in rows), 1)
@@ -71,17 +70,17 @@ def step_curves(run: Path, out: Path, method: str = "select", limit: int = 100, 
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipes").mkdir(exist_ok=True)
     base_loss = mean_loss(Path(config.base), dataset)
-    rows = [{"step": 0, "model": f"order-{k}", "loss": base_loss} for k in range(len(next(iter(steps.values()))))]
+    rows = [{"step": 0, "model": order_name(k), "loss": base_loss} for k in range(len(next(iter(steps.values()))))]
     rows.append({"step": 0, "model": method, "loss": base_loss})
     for step, models in tqdm(sorted(steps.items()), desc=f"step merges ({method})", unit="step"):
-        recipe = out / "recipes" / f"step-{step}.yml"
+        recipe = out / "recipes" / f"{step_name(step)}.yml"
         write_text(recipe, render(method, config.base, [str(m) for m in models], seed,
                                   made_by=f"Made by `sftmerge analyze steps` for step {step} of {run}.",
                                   path=str(recipe)))
-        merged = out / "merged" / f"step-{step}"
+        merged = out / "merged" / step_name(step)
         mergekit_yaml(recipe, merged)
         for k, m in enumerate(models):
-            rows.append({"step": step, "model": f"order-{k}", "loss": mean_loss(m, dataset)})
+            rows.append({"step": step, "model": order_name(k), "loss": mean_loss(m, dataset)})
         rows.append({"step": step, "model": method, "loss": mean_loss(merged, dataset)})
     record = {"run": str(run), "method": method, "seed": seed, "split": split, "problems": len(pairs), "rows": rows}
     write_json(out / "steps.json", record)

@@ -1,0 +1,99 @@
+"""The files that describe a finished order beside its weights: order.json, config.yaml,
+train_log.jsonl, sample_losses.jsonl (when a scorer is given) and summary.json."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from sftmerge.data.pairs import Pair
+from sftmerge.io.fsutil import write_json, write_text
+from sftmerge.io.layout import SAMPLE_LOSSES_NAME, STEP_PREFIX, SUMMARY_NAME, RunLayout, number_of, numbered
+from sftmerge.train.common_config import dump_config
+from sftmerge.train.config import SFTRunConfig
+from sftmerge.train.order import order_record
+
+# score_samples(model folder, prepared dataset) -> [{"loss": mean NLL over the response tokens, "tokens": n}]
+# per dataset row, in row order. Evaluation provides it (sftmerge.eval.losses.sample_losses);
+# training only calls it, so the train layer never imports evaluation.
+Scorer = Callable[[Path, object], List[Dict]]
+
+
+@dataclass
+class OrderOutcome:
+    """One order's training as it ended: what its records are made of."""
+
+    config: SFTRunConfig
+    order: int
+    pairs: Sequence[Pair]
+    epoch_orders: List[List[int]]
+    global_batch: int
+    fingerprint: str  # of the starting weights
+    precision: str
+    saved_dtype: torch.dtype
+    row_lengths: List[int]  # tokens of each training row
+    log_history: List[Dict]
+    steps: int
+    max_steps: int
+    train_seconds: float
+    start_step: int  # the step training resumed from (0: a fresh start)
+    processes: int
+
+
+def write_records(outcome: OrderOutcome, folder: Path, dataset, score_samples: Optional[Scorer]) -> Dict:
+    """Write every record of `outcome` into the order's model folder; returns the summary."""
+    c, k = outcome.config, outcome.order
+    write_json(folder / "order.json", order_record(outcome.epoch_orders, c.order_seed, k, c.order_mode,
+                                                   outcome.global_batch, [p.id for p in outcome.pairs]))
+    write_text(folder / "config.yaml", dump_config(c))
+    write_text(folder / "train_log.jsonl", "".join(json.dumps(row) + "\n" for row in outcome.log_history))
+    losses = write_sample_losses(outcome, folder, dataset, score_samples) if score_samples else None
+
+    steps_done = outcome.steps - outcome.start_step
+    tokens = sum(outcome.row_lengths) * c.num_train_epochs * steps_done / max(outcome.max_steps, 1)
+    seconds = outcome.train_seconds
+    train_losses = [r["loss"] for r in outcome.log_history if "loss" in r]
+    summary = {
+        "order": k,
+        "steps": outcome.steps,
+        "resumed_from_step": outcome.start_step or None,
+        "samples": len(outcome.pairs),
+        "epochs": c.num_train_epochs,
+        "tokens_per_epoch": sum(outcome.row_lengths),
+        "train_seconds": round(seconds, 2),
+        "tokens_per_second": round(tokens / seconds, 1) if seconds else None,
+        "final_train_loss": train_losses[-1] if train_losses else None,
+        "mean_sample_loss": sum(r["loss"] for r in losses) / len(losses) if losses else None,
+        "precision": outcome.precision,
+        "saved_dtype": str(outcome.saved_dtype).removeprefix("torch."),
+        "processes": outcome.processes,
+        "initial_weights_fingerprint": outcome.fingerprint,
+        "lora": c.lora,
+        "l1": c.l1,
+    }
+    write_json(folder / SUMMARY_NAME, summary)
+    return summary
+
+
+def write_sample_losses(outcome: OrderOutcome, folder: Path, dataset, score_samples: Scorer) -> List[Dict]:
+    """sample_losses.jsonl: each training sample's loss under the final model, by its first-epoch position."""
+    losses = score_samples(folder, dataset)
+    at_steps = {}
+    snapshots = RunLayout.snapshots(folder)
+    if outcome.config.sample_losses_at_checkpoints and snapshots.is_dir():
+        for snap in numbered(snapshots, STEP_PREFIX):
+            at_steps[str(number_of(snap))] = score_samples(snap, dataset)
+    position = {idx: pos for pos, idx in enumerate(outcome.epoch_orders[0])}
+    rows = []
+    for i, (pair, row) in enumerate(zip(outcome.pairs, losses)):
+        rec = {"sample": i, "id": pair.id, "position": position[i], "loss": row["loss"], "tokens": row["tokens"]}
+        if at_steps:
+            rec["loss_at_step"] = {step: vals[i]["loss"] for step, vals in at_steps.items()}
+        rows.append(rec)
+    write_text(folder / SAMPLE_LOSSES_NAME, "".join(json.dumps(r) + "\n" for r in rows))
+    return losses
+

@@ -1,0 +1,74 @@
+"""The trainer sftmerge trains orders with, and its snapshot callback (imports TRL: load lazily)."""
+
+from __future__ import annotations
+
+import shutil
+import weakref
+from pathlib import Path
+from typing import List
+
+from transformers import TrainerCallback
+from trl import SFTTrainer
+
+from sftmerge.io.layout import RunLayout
+from sftmerge.train.l1 import L1Delta
+from sftmerge.train.order import EpochOrderSampler
+from sftmerge.train.saving import merged_copy, save_hf_folder
+
+
+class OrderedSFTTrainer(SFTTrainer):
+    """SFTTrainer whose data order is a given permutation per epoch, with PAFT's optional L1 penalty."""
+
+    def __init__(self, *a, epoch_orders: List[List[int]], l1: float = 0.0, **kw):
+        self._epoch_orders = epoch_orders
+        super().__init__(*a, **kw)
+        self._l1 = L1Delta(self.model, l1) if l1 else None  # before any step: the base weights
+
+    def _get_train_sampler(self, train_dataset=None):
+        return EpochOrderSampler(self._epoch_orders)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                   num_items_in_batch=num_items_in_batch)
+        if self._l1 is None or not model.training:
+            return out
+        loss = out[0] if return_outputs else out
+        penalty = self._l1.penalty()
+        # Once per optimizer step in total: share it out when the Trainer will not divide the loss.
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) \
+                or self.compute_loss_func is not None
+        if scaled:
+            penalty = penalty / self.current_gradient_accumulation_steps
+        self._metrics["train"]["l1_penalty"].append(float(penalty.detach()))
+        loss = loss + penalty
+        return (loss, out[1]) if return_outputs else loss
+
+
+class Snapshots(TrainerCallback):
+    """Model-only snapshots `model/checkpoints/step-N/` in the base's dtype every `every` steps
+    (kept, unlike the resume checkpoints). Holds the trainer weakly: the trainer holds it."""
+
+    def __init__(self, trainer, model_folder: Path, every: int, dtype, tokenizer):
+        self.trainer_ref = weakref.ref(trainer)
+        self.model_folder, self.every, self.dtype, self.tok = model_folder, every, dtype, tokenizer
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step % self.every or state.global_step == state.max_steps:
+            return
+        trainer = self.trainer_ref()
+        if trainer.accelerator.is_main_process:
+            target = RunLayout.snapshot(self.model_folder, state.global_step)
+            if not target.exists():
+                model = merged_copy(trainer.accelerator.unwrap_model(trainer.model))
+                tmp = partial_snapshot(target)
+                shutil.rmtree(tmp, ignore_errors=True)
+                save_hf_folder(model, tmp, self.dtype, self.tok)
+                tmp.rename(target)
+        trainer.accelerator.wait_for_everyone()
+
+
+def partial_snapshot(target: Path) -> Path:
+    """Where snapshot `target` is written before it is renamed into place."""
+    return target.with_name(target.name + ".tmp")
