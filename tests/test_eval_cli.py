@@ -94,8 +94,9 @@ def test_a_model_that_fails_to_load_keeps_the_others(tiny_chat_model, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in tiny_chat_model.iterdir():
-        if not f.name.endswith(".safetensors"):
-            shutil.copy(f, broken / f.name)
+        shutil.copy(f, broken / f.name)
+    for f in broken.glob("*.safetensors"):
+        f.write_bytes(b"not a safetensors file")  # weights present but unreadable: fails at load time
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["eval", "--models", str(broken), str(tiny_chat_model), "--tasks", "arith",
                                        "--limit", 2, "--max-new-tokens", 4, "--backend", "hf", "--out", str(out)])
@@ -153,13 +154,15 @@ def test_make_eval_scores_every_model_of_a_run(tiny_chat_model, tmp_path):
     run = tmp_path / "r1"
     shutil.copytree(tiny_chat_model, run / "order-0")
     shutil.copytree(tiny_chat_model, run / "merged" / "select")
+    (run / "config.yaml").write_text(f"base: {tiny_chat_model}\ndata: arith\n")  # make eval adds the base row
     results = tmp_path / "results"
     make = ["make", "-s", "-o", "setup", "-C", str(REPO), "eval", f"VENV={BIN.parent}", f"RUN={run}", "TASKS=arith",
             "EVAL_FLAGS=--backend hf --max-new-tokens 4"]
     done = subprocess.run([*make, "LIMIT=2", f"RESULTS={results}"], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    for model in ("order-0", "select"):
+    for model in ("order-0", "select", tiny_chat_model.name):
         assert json.loads((results / model / "arith.json").read_text())["n"] == 2
+    assert (results / "paired.md").is_file()
     refused = subprocess.run([*make, "LIMIT=0", f"RESULTS={tmp_path / 'refused'}"], capture_output=True, text=True)
     assert refused.returncode != 0 and "error: --limit must be at least 1" in refused.stderr
     assert not (tmp_path / "refused").exists()

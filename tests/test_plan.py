@@ -157,7 +157,7 @@ def test_cli_table_and_json(tmp_path):
     assert fits == ["NO", "NO", "yes", "yes"]
     config = tmp_path / "c.yaml"
     config.write_text(f"base: {FIXTURES / 'llama-2-7b'}\ndata: gsm8k\nnum_samples: 1000\nnum_train_epochs: 3\n"
-                      f"per_device_train_batch_size: 2\nmax_length: 512\norders: 4\nprecision: bf16\n")
+                      f"per_device_train_batch_size: 2\nmax_length: 512\norders: 4\nprecision: bf16-mixed\n")
     out = json.loads(sftmerge_here(str(config), "--gpus", "8", "--gpu-memory", "40", "--strategy", "zero3",
                                    "--mean-tokens", "300", "--tokens-per-second", "1000", "--json"))
     assert list(out["per_device_bytes"]) == ["zero3"]
@@ -251,7 +251,7 @@ def test_paper_configs(task):
 
     cfg = load_config(REPO / "train" / "configs" / f"paper_{task}.yaml")
     assert cfg.base == "meta-llama/Llama-2-7b-hf" and cfg.data == task and cfg.num_train_epochs == 3
-    assert cfg.precision == "bf16" and cfg.gradient_checkpointing
+    assert cfg.precision == "bf16-mixed" and cfg.gradient_checkpointing
     template = (REPO / cfg.sft_args["chat_template_path"]).read_text()
     render = ImmutableSandboxedEnvironment().from_string(template).render
     messages = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]

@@ -34,11 +34,15 @@ def test_humaneval_reference_solutions_all_pass():
 
 
 def test_mbpp_reference_solutions_pass():
+    # Every 5th task plus the ones that need the wire's special cases; all 500 with
+    # SFTMERGE_FULL_REFERENCE=1 (about 25 s on 2 cores; docs/security.md quotes that run).
     docs = load_local_docs("mbpp", reference_data())
+    assert len(docs) == 500
+    if os.environ.get("SFTMERGE_FULL_REFERENCE") != "1":
+        docs = [d for d in docs if d["task_id"] % 5 == 0 or d["task_id"] in (40, 88, 123, 367)]
     outcomes = run_jobs([reference_job("mbpp", d) for d in docs], Limits(timeout_s=5), progress=False, mode=BEST)
     failed = [d["task_id"] for d, o in zip(docs, outcomes) if not o.passed]
     print(f"MBPP test split ({BEST}): {len(docs) - len(failed)}/{len(docs)} pass; failing: {failed}")
-    assert len(docs) == 500
     # Task 123 (amicable numbers below 9999) needs more than 5 s; all others pass.
     assert set(failed) <= {123}
 

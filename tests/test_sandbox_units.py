@@ -118,6 +118,7 @@ def test_without_bubblewrap_code_runs_only_when_the_weak_sandbox_is_accepted(tmp
 def test_the_eval_command_stops_before_loading_a_model(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")  # not a model: loading it would fail differently
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"")  # passes the weights-present check only
     env = {"PATH": str(tmp_path), "HOME": str(tmp_path), "LANG": "C.UTF-8"}
     run = subprocess.run([str(BIN / "sftmerge"), "eval", "--models", str(tmp_path / "model"), "--tasks", "mbpp",
                           "--allow-code-execution", "--out", str(tmp_path / "out")],

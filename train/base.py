@@ -97,9 +97,9 @@ def base_dtype(base: str):
     return dtype
 
 
-def check_base(base: str) -> None:
+def check_base(base: str, chat: bool = True) -> None:
     """One clear line unless `base` is a trainable model: a local model folder with whole
-    weights, or something the Hub has; either way with a tokenizer that has a chat template."""
+    weights, or something the Hub has; with `chat`, a tokenizer that has a chat template."""
     path = Path(base)
     if path.exists():
         if not (path / "config.json").is_file():
@@ -115,4 +115,5 @@ def check_base(base: str) -> None:
             AutoConfig.from_pretrained(base)
         except Exception as e:
             raise SftmergeError(f"base {base} not found locally, nor loadable from the Hub ({type(e).__name__}){hint}") from None
-    check_chat_template(base)
+    if chat:
+        check_chat_template(base)

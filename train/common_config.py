@@ -64,9 +64,11 @@ class TrainRunConfig:
     optim: str = knob("adamw_torch", "transformers optimizer name.")
     max_length: Optional[int] = knob(512, "Tokens per sample; longer samples are truncated.", at_least=1)
     seed: int = knob(42, "Seed of everything random except the data order (LoRA init, dropout).")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = knob(
-        "auto", "Training precision; auto: bf16 where the hardware has it, else fp16 on GPUs, fp32 on CPUs.")
-    gradient_checkpointing: bool = knob(False, "Recompute activations in backward to save memory.")
+    precision: Literal["auto", "bf16", "bf16-mixed", "fp16", "fp32"] = knob(
+        "auto", "Training precision; bf16: bf16 weights; bf16-mixed, fp16: fp32 master weights under autocast; "
+        "auto: bf16 where the hardware has it, else fp16 on GPUs, fp32 on CPUs.")
+    gradient_checkpointing: bool = knob(False, "Recompute activations in backward to save memory "
+                                               "(activation checkpointing).")
 
     # --- logging and resume checkpoints
     logging_steps: int = knob(5, "Log the loss every N optimizer steps.", at_least=1)

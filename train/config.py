@@ -20,9 +20,10 @@ from sftmerge.train.common_config import (
 )
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "arith.yaml"
+DEFAULT_TEXT_TEMPLATE = "Question: {prompt}\nAnswer: {response}"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-__all__ = ["DEFAULT_CONFIG", "KNOWN_KEYS", "LORA_TARGETS", "SFTRunConfig", "config_from_dict", "dump_config",
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_TEXT_TEMPLATE", "KNOWN_KEYS", "LORA_TARGETS", "SFTRunConfig", "config_from_dict", "dump_config",
            "load_config"]
 
 
@@ -36,6 +37,12 @@ class SFTRunConfig(TrainRunConfig):
     order_mode: Literal["sample", "batch"] = knob(
         "sample", "sample: each epoch a fresh permutation; batch: fixed batches, only their order permuted.")
     reshuffle_each_epoch: bool = knob(True, "Permute every epoch anew (off: every epoch repeats the first).")
+
+    # --- how a pair becomes training text
+    format: Literal["chat", "text"] = knob(
+        "chat", "chat: the tokenizer's chat template; text: text_template, for bases without one.")
+    text_template: str = knob(
+        DEFAULT_TEXT_TEMPLATE, "format: text: the sample's text, {prompt} and then {response} at its end.")
 
     # --- kept snapshots (the resume checkpoints are `save_steps`)
     keep_checkpoint_steps: Optional[int] = knob(
@@ -68,6 +75,7 @@ class SFTRunConfig(TrainRunConfig):
             (not self.sample_losses_at_checkpoints or self.keep_checkpoint_steps,
              "sample_losses_at_checkpoints needs keep_checkpoint_steps"),
             (not (self.l1 and self.lora), "l1 penalises the full-weight delta: it needs lora: false"),
+            template_check(self.text_template),
         ]
         reserved = sorted(_RESERVED & set(self.sft_args))
         checks.append((not reserved, f"sft_args: {', '.join(reserved)} are set by sftmerge (use the top-level keys)"))
@@ -83,6 +91,19 @@ class SFTRunConfig(TrainRunConfig):
         d = self.to_dict()
         d.pop("orders")
         return d
+
+
+def template_check(template: str) -> Tuple[bool, str]:
+    """text_template holds {prompt} once and ends with {response} (the completion follows the prompt)."""
+    import string
+
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        return False, f"text_template is not a format string ({e}; write literal braces as {{{{ and }}}})"
+    ok = names == ["prompt", "response"] and template.endswith("{response}")
+    return ok, ("text_template must hold {prompt} once and end with {response}, and name nothing else "
+                f"(got {template!r})")
 
 
 # Set from the top-level keys above, or by sftmerge itself; not overridable through sft_args.

@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Sequence
 
-import torch
-
 from sftmerge.data.preference import load_preferences, to_dpo_dataset
 from sftmerge.io.fsutil import atomic_output_dir, check_output_dir, clean_stale, write_json, write_text
 from sftmerge.io.layout import SUMMARY_NAME, work_folder
@@ -27,7 +25,7 @@ from sftmerge.train.checkpoints import resume_point
 from sftmerge.train.common_config import dump_config
 from sftmerge.train.dpo_config import DPORunConfig
 from sftmerge.train.fingerprint import weights_fingerprint
-from sftmerge.train.hardware import resolve_precision
+from sftmerge.train.hardware import check_precision, resolve_precision, weights_dtype
 from sftmerge.train.saving import save_hf_folder
 from sftmerge.train.trainer_inputs import checkpoint_args, common_trainer_args
 
@@ -99,6 +97,7 @@ def run_dpo(config: DPORunConfig, overwrite: bool = False, echo: Callable[[str],
         echo(f"{out}: already finished, skipped")
         return json.loads((out / SUMMARY).read_text())
     # Before anything is loaded: the base, the data, and whether OUT may be written at all.
+    check_precision(resolve_precision(config.precision))
     check_base(config.base)
     prefs = load_preferences(config.data, "train", config.num_samples, config.data_seed)
     clean_stale(out)  # temp folders of a run killed while writing OUT
@@ -111,7 +110,7 @@ def run_dpo(config: DPORunConfig, overwrite: bool = False, echo: Callable[[str],
     tokenizer = AutoTokenizer.from_pretrained(config.base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(config.base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(config.base, dtype=weights_dtype(precision))
     fingerprint = weights_fingerprint(model)
     trainer = _trainer(config, model, tokenizer, to_dpo_dataset(prefs), work, precision, callbacks)
     resume, start_step = resume_point(work / "trainer", echo=echo)

@@ -1,10 +1,25 @@
-"""What the machine offers: accelerate's process state, and the training precision it supports."""
+"""What the machine offers: accelerate's process state, and the training precision it supports.
+
+Precisions (the config's `precision`):
+
+| value | weights loaded in | autocast | fp32 master weights |
+|---|---|---|---|
+| fp32 | float32 | - | - (the weights are fp32) |
+| bf16 | bfloat16 | bf16 | no: AdamW updates the bf16 weights |
+| bf16-mixed | float32 | bf16 | yes (the fp32 weights are the master) |
+| fp16 | float32 | fp16 + loss scaling | yes (fp16 weights cannot be trained with a scaler) |
+| auto | bf16 where the hardware has it, else fp16 on older GPUs, fp32 on CPUs | | |
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+
+from sftmerge.errors import SftmergeError
+
+BF16_PRECISIONS = ("bf16", "bf16-mixed")
 
 
 def cpu_has_bf16() -> bool:
@@ -13,6 +28,13 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def has_bf16() -> bool:
+    """Does the device training runs on compute in bf16 natively (a GPU that supports it, or such a CPU)?"""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
 
 
 def process_state():
@@ -26,6 +48,20 @@ def resolve_precision(precision: str) -> str:
     """auto: bf16 where the hardware has it; else fp16 on older GPUs, fp32 on CPU."""
     if precision != "auto":
         return precision
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
+    if has_bf16():
+        return "bf16"
+    return "fp16" if torch.cuda.is_available() else "fp32"
+
+
+def check_precision(precision: str) -> None:
+    """One line, before anything is loaded, for a precision the hardware cannot train in."""
+    if precision in BF16_PRECISIONS and not has_bf16():
+        where = "this GPU" if torch.cuda.is_available() else "this CPU (no AVX512-BF16 or AMX)"
+        raise SftmergeError(f"precision {precision} needs bf16 hardware; {where} has none "
+                            "(use precision: auto or fp32)")
+
+
+def weights_dtype(precision: str) -> torch.dtype:
+    """The dtype the base is loaded in for a resolved precision: bf16 only for pure bf16 training;
+    every other precision keeps fp32 weights (the master copy under autocast)."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32

@@ -65,7 +65,7 @@ PRECISIONS = {
 
 def precision_of(config_precision: str) -> str:
     """A training config's `precision` as planned: auto resolves to bf16 on GPUs that have it."""
-    return "fp32" if config_precision == "fp32" else "mixed"
+    return {"fp32": "fp32", "bf16": "bf16", "auto": "bf16"}.get(config_precision, "mixed")
 
 
 @dataclass(frozen=True)

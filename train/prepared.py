@@ -1,7 +1,7 @@
 """A finished run's training dataset exactly as its trainer saw it (tokens and loss mask).
 
 The run's config.yaml records everything that decides the prepared rows (data spec,
-sample count, seed, base tokenizer, max_length). Rather than re-implement TRL's chat
+sample count, seed, base tokenizer, max_length, format and text template). Rather than re-implement TRL's chat
 templating and completion masking, the same SFTTrainer is built with the same
 arguments and its prepared `train_dataset` is taken; nothing is trained.
 """
@@ -34,7 +34,7 @@ def prepared_dataset(config: SFTRunConfig, pairs: Optional[List[Pair]] = None) -
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from sftmerge.train.trainer_inputs import sft_args, to_chat_dataset
+    from sftmerge.train.trainer_inputs import sft_args, training_dataset
 
     if pairs is None:
         pairs = load_pairs(config.data, "train", config.num_samples, config.data_seed)
@@ -42,7 +42,7 @@ def prepared_dataset(config: SFTRunConfig, pairs: Optional[List[Pair]] = None) -
     model = AutoModelForCausalLM.from_pretrained(config.base, dtype=torch.float32)
     with tempfile.TemporaryDirectory(prefix="sftmerge-prepare-") as tmp:
         trainer = SFTTrainer(model=model, args=sft_args(config, Path(tmp), "fp32"),
-                             train_dataset=to_chat_dataset(pairs), processing_class=tokenizer)
+                             train_dataset=training_dataset(config, pairs), processing_class=tokenizer)
     dataset = trainer.train_dataset
     if len(dataset) != len(pairs):
         raise SftmergeError(f"{len(pairs)} pairs became {len(dataset)} prepared rows")

@@ -74,6 +74,9 @@ def write_records(outcome: OrderOutcome, folder: Path, dataset, score_samples: O
         "initial_weights_fingerprint": outcome.fingerprint,
         "lora": c.lora,
         "l1": c.l1,
+        # How each pair became text, so evaluation can present prompts the same way.
+        "format": c.format,
+        "text_template": c.text_template if c.format == "text" else None,
     }
     write_json(folder / SUMMARY_NAME, summary)
     return summary

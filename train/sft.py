@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-import torch
-
 from sftmerge.data.pairs import Pair, load_pairs
 from sftmerge.errors import SftmergeError
 from sftmerge.io.fsutil import fsync_dir, fsync_tree
@@ -29,12 +27,13 @@ from sftmerge.train.base import base_dtype, check_base
 from sftmerge.train.checkpoints import resume_point
 from sftmerge.train.config import SFTRunConfig
 from sftmerge.train.fingerprint import weights_fingerprint
-from sftmerge.train.hardware import process_state, resolve_precision
+from sftmerge.train.hardware import check_precision, process_state, resolve_precision, weights_dtype
 from sftmerge.train.order import epoch_orders
 from sftmerge.train.records import OrderOutcome, Scorer, write_records
-from sftmerge.train.run_folder import prepare_run
+from sftmerge.train.run_folder import prepare_run, write_run_recipes
 from sftmerge.train.saving import merged_copy, save_hf_folder
-from sftmerge.train.trainer_inputs import sft_args, to_chat_dataset
+from sftmerge.train.strategy import check_strategy
+from sftmerge.train.trainer_inputs import sft_args, training_dataset
 
 STAGED = "final"  # RUN/.order-k.work/final/: the order's folder until it is renamed into place
 
@@ -91,7 +90,9 @@ def train_order(config: SFTRunConfig, k: int, pairs: Sequence[Pair], run: RunLay
     precision = resolve_precision(config.precision)
     saved_dtype = base_dtype(config.base)
     tokenizer = AutoTokenizer.from_pretrained(config.base)
-    model = AutoModelForCausalLM.from_pretrained(config.base, dtype=torch.float32)
+    # In the dtype training updates (transformers 5 always loads through the meta device:
+    # one copy of the weights in host memory, never a random init first).
+    model = AutoModelForCausalLM.from_pretrained(config.base, dtype=weights_dtype(precision))
     fingerprint = weights_fingerprint(model)
 
     global_batch = config.per_device_train_batch_size * config.gradient_accumulation_steps * state.num_processes
@@ -100,7 +101,7 @@ def train_order(config: SFTRunConfig, k: int, pairs: Sequence[Pair], run: RunLay
     trainer = OrderedSFTTrainer(
         model=model,
         args=sft_args(config, work / "trainer", precision),
-        train_dataset=to_chat_dataset(pairs),
+        train_dataset=training_dataset(config, pairs),
         processing_class=tokenizer,
         peft_config=_lora_config(config),
         epoch_orders=orders,
@@ -154,7 +155,12 @@ def check_inputs(config: SFTRunConfig, only: Optional[Sequence[int]], score_samp
         raise SftmergeError(f"--order {bad[0]} is outside 0..{K - 1} (K = {K})")
     if config.sample_losses_at_checkpoints and score_samples is None:
         raise SftmergeError("sample_losses_at_checkpoints needs a sample scorer (score_samples)")
-    check_base(config.base)
+    check_precision(resolve_precision(config.precision))
+    check_strategy(config)
+    template_file = config.sft_args.get("chat_template_path")
+    if config.format == "chat" and template_file and not Path(template_file).is_file():
+        raise SftmergeError(f"sft_args: chat_template_path {template_file} not found")
+    check_base(config.base, chat=config.format == "chat" and not template_file)
     pairs = load_pairs(config.data, "train", config.num_samples, config.data_seed)
     if not pairs:
         raise SftmergeError(f"data {config.data}: no training samples")
@@ -169,8 +175,6 @@ def run_multi_order(config: SFTRunConfig, only: Optional[Sequence[int]] = None,
     score_samples(model folder, prepared dataset) gives each training sample's loss for
     sample_losses.jsonl (sftmerge.eval.losses.sample_losses); None: that file is not written.
     """
-    from sftmerge.merge.recipes import write_recipe_set
-
     state = process_state()
     K = config.orders
     todo = list(range(K)) if only is None else list(only)
@@ -178,13 +182,8 @@ def run_multi_order(config: SFTRunConfig, only: Optional[Sequence[int]] = None,
     run = prepare_run(config, echo) if state.is_main_process else RunLayout(config.output_dir)
     state.wait_for_everyone()
 
-    if state.is_main_process and K >= 2:
-        write_recipe_set(
-            run.recipes,
-            base=config.base,
-            models=[str(run.order(i)) for i in range(K)],
-            made_by=f"Made by `sftmerge train sft` for the run {run.root} (K = {K}).",
-        )
+    if state.is_main_process:
+        write_run_recipes(run, config)
     summaries = []
     for k in todo:
         final = run.order(k)

@@ -1,4 +1,5 @@
-"""What a TRL trainer gets from a run config: its arguments, and the chat-format dataset."""
+"""What a TRL trainer gets from a run config: its arguments, and the dataset in the run's format
+(chat: the tokenizer's chat template; text: the config's text_template)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def common_trainer_args(config, output_dir: Path, precision: str) -> Dict:
         max_length=config.max_length,
         seed=config.seed,
         data_seed=config.seed,
-        bf16=precision == "bf16",
+        bf16=precision in ("bf16", "bf16-mixed"),  # pure bf16 weights are cast no further by autocast
         fp16=precision == "fp16",
         logging_steps=config.logging_steps,
         report_to="none",
@@ -63,3 +64,24 @@ def to_chat_dataset(pairs: Sequence[Pair]):
          "completion": [{"role": "assistant", "content": p.response}]}
         for p in pairs
     ])
+
+
+def to_text_dataset(pairs: Sequence[Pair], template: str):
+    """TRL's plain prompt-completion format from `template` ("... {prompt} ... {response}"):
+    the prompt is the text before {response}, loss on the response (TRL appends the EOS token).
+    Spaces just before {response} go with the response, as a tokenizer joins them to its first word."""
+    from datasets import Dataset
+
+    head = template[: -len("{response}")]
+    stem = head.rstrip(" ")
+    gap = head[len(stem):]
+    return Dataset.from_list([
+        {"prompt": stem.format(prompt=p.prompt), "completion": gap + p.response} for p in pairs
+    ])
+
+
+def training_dataset(config: SFTRunConfig, pairs: Sequence[Pair]):
+    """The dataset an SFT run trains on, in the config's format."""
+    if config.format == "text":
+        return to_text_dataset(pairs, config.text_template)
+    return to_chat_dataset(pairs)

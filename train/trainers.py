@@ -7,6 +7,7 @@ import weakref
 from pathlib import Path
 from typing import List
 
+from accelerate.utils import DistributedType
 from transformers import TrainerCallback
 from trl import SFTTrainer
 
@@ -58,15 +59,19 @@ class Snapshots(TrainerCallback):
         if state.global_step % self.every or state.global_step == state.max_steps:
             return
         trainer = self.trainer_ref()
-        if trainer.accelerator.is_main_process:
-            target = RunLayout.snapshot(self.model_folder, state.global_step)
-            if not target.exists():
-                model = merged_copy(trainer.accelerator.unwrap_model(trainer.model))
-                tmp = partial_snapshot(target)
-                shutil.rmtree(tmp, ignore_errors=True)
-                save_hf_folder(model, tmp, self.dtype, self.tok)
-                tmp.rename(target)
-        trainer.accelerator.wait_for_everyone()
+        acc = trainer.accelerator
+        target = RunLayout.snapshot(self.model_folder, state.global_step)
+        done = target.exists()  # the same answer on every process: a shared folder
+        # Under FSDP/DeepSpeed the gather is collective: every process takes part, the main one saves.
+        sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        full_sd = acc.get_state_dict(trainer.model) if sharded and not done else None
+        if acc.is_main_process and not done:
+            model = merged_copy(acc.unwrap_model(trainer.model))
+            tmp = partial_snapshot(target)
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_hf_folder(model, tmp, self.dtype, self.tok, state_dict=full_sd)
+            tmp.rename(target)
+        acc.wait_for_everyone()
 
 
 def partial_snapshot(target: Path) -> Path:

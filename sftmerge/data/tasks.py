@@ -25,6 +25,7 @@ class TaskSpec:
     local_dir: Optional[str] = None  # folder of a --data-dir holding the local copy
     local_files: Mapping[str, str] = field(default_factory=dict)  # role (split) -> file in local_dir
     executes_code: bool = False  # runs model-written programs: needs --allow-code-execution
+    trained_format: bool = False  # prompts in the model's training format (read from its run's records)
 
     @property
     def dataset_id(self) -> str:
@@ -36,13 +37,17 @@ class TaskSpec:
 TASKS: Dict[str, TaskSpec] = {spec.name: spec for spec in (
     TaskSpec("gsm8k", "GSM8K", "sftmerge.eval.gsm8k:run", ("strict_match", "flexible_extract"),
              hub="openai/gsm8k", local_dir="gsm8k", local_files={"train": "train.jsonl", "test": "test.jsonl"}),
+    # The same test problems zero-shot in the format the model was trained on (its run's record).
+    TaskSpec("gsm8k_trained", "GSM8K (training format, zero-shot)", "sftmerge.eval.gsm8k:run_trained",
+             ("strict_match", "flexible_extract"), hub="openai/gsm8k", local_dir="gsm8k",
+             local_files={"test": "test.jsonl"}, trained_format=True),
     TaskSpec("humaneval", "HumanEval", "sftmerge.eval.code:run_humaneval", ("pass@1", "pass@5", "pass@10", "pass@100"),
              hub="openai/openai_humaneval", local_dir="humaneval", local_files={"test": "HumanEval.jsonl.gz"},
              executes_code=True),
     TaskSpec("mbpp", "MBPP", "sftmerge.eval.code:run_mbpp", ("pass@1", "pass@5", "pass@10", "pass@100"),
              hub="google-research-datasets/mbpp", local_dir="mbpp", local_files={"test": "mbpp.jsonl"},
              executes_code=True),
-    TaskSpec("alpaca", "AlpacaEval", "sftmerge.eval.alpaca:run", ("win_rate", "win_prob", "output_chars"),
+    TaskSpec("alpaca", "AlpacaEval", "sftmerge.eval.alpaca:run", ("win_rate", "lc_win_rate", "win_prob", "output_chars"),
              hub="tatsu-lab/alpaca_eval", local_dir="alpaca_eval",
              local_files={"prompts": "alpaca_eval_805.jsonl", "references": "gpt4_1106_preview_model_outputs.json"}),
     TaskSpec("arith", "Arithmetic word problems (built-in)", "sftmerge.eval.arith:run", ("exact_match", "loss"),
@@ -90,11 +95,17 @@ class TrainingData:
     hub: Optional[str] = None  # Hub dataset id; None: built in
     hub_config: Optional[str] = None
     local_dir: Optional[str] = None  # folder of a --data-dir (the layout of ../shared/data)
+    eval_tasks: Tuple[str, ...] = ()  # `sftmerge eval --tasks auto`: every task this data supports
+
+    def __post_init__(self):
+        if not self.eval_tasks:
+            object.__setattr__(self, "eval_tasks", (self.eval_task,))
 
 
 TRAINING: Dict[str, TrainingData] = {d.name: d for d in (
-    TrainingData("arith", "arith"),
-    TrainingData("gsm8k", "gsm8k", "openai/gsm8k", "main", "gsm8k"),
+    # arith problems are GSM8K-style (reasoning, then `#### N`): GSM8K in both variants applies too.
+    TrainingData("arith", "arith", eval_tasks=("arith", "gsm8k", "gsm8k_trained")),
+    TrainingData("gsm8k", "gsm8k", "openai/gsm8k", "main", "gsm8k", eval_tasks=("gsm8k", "gsm8k_trained")),
     TrainingData("alpaca", "alpaca", "tatsu-lab/alpaca", None, "alpaca"),
-    TrainingData("code", "mbpp", "google-research-datasets/mbpp", "full", "mbpp"),
+    TrainingData("code", "mbpp", "google-research-datasets/mbpp", "full", "mbpp", eval_tasks=("mbpp", "humaneval")),
 )}

@@ -82,6 +82,11 @@ class RunLayout:
     def config(self) -> Path:
         return self.root / CONFIG_NAME
 
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by a training job while it writes or checks the run's shared files."""
+        return self.root / ".sftmerge.lock"
+
     def order(self, k: int) -> Path:
         return self.root / order_name(k)
 
@@ -203,3 +208,7 @@ class ResultsLayout:
 
     def summary(self, suffix: str) -> Path:
         return self.root / f"summary.{suffix}"
+
+    def paired(self, suffix: str) -> Path:
+        """OUT/paired.{json,md}: merges against single models (`sftmerge eval --run`)."""
+        return self.root / f"paired.{suffix}"

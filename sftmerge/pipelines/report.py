@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 from typing import Dict, List
 
+from sftmerge.eval.paired_table import LABELS, paired_table_markdown  # noqa: F401 (used by pipelines.paft)
 from sftmerge.io.fsutil import write_json, write_text
 from sftmerge.io.layout import RunLayout, is_order_name
-
-# Per-sample keys compared pairwise (arith: correct, loss; gsm8k: one key per answer filter).
-LABELS = {"correct": "exact match", "loss": "held-out loss"}
 
 
 def machine() -> Dict:
@@ -27,43 +24,12 @@ def machine() -> Dict:
     return info
 
 
-def _samples(run: Path, name: str, task: str) -> List[Dict]:
-    path = RunLayout(run).eval_samples(name, task)
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def paired_rows(run: Path, task: str, singles: List[str], merges: List[str], seed: int,
                 keys=("correct", "loss")) -> List[Dict]:
-    """Every merge vs every single model and vs every other merge, on the same problems."""
-    from sftmerge.eval.paired import align, paired_continuous, paired_exact_match
+    """Every merge vs every single model and vs every other merge, from RUN/eval (eval/paired_table.py)."""
+    from sftmerge.eval.paired_table import paired_rows as rows_of
 
-    pairs = [(m, s) for m in merges for s in singles] + list(itertools.combinations(merges, 2))
-    cache = {n: _samples(run, n, task) for n in {*singles, *merges}}
-    rows = []
-    for a, b in pairs:
-        for key in keys:
-            if not cache[a] or not cache[b] or key not in cache[a][0] or key not in cache[b][0]:
-                continue
-            va, vb = align(cache[a], cache[b], key, (a, b))
-            # Judge scores (alpaca) and pass fractions (code, several samples) are not 0/1.
-            binary = key != "loss" and all(v in (0, 1) for v in (*va, *vb))
-            label = LABELS.get(key, key)
-            res = paired_exact_match(va, vb, seed) if binary else paired_continuous(va, vb)
-            rows.append({"a": a, "b": b, "metric": label, **res})
-    return rows
-
-
-def paired_table_markdown(rows: List[Dict]) -> List[str]:
-    lines = ["| A | B | metric | A - B [95% interval] | p | test |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lo, hi = r["ci95"]
-        clear = lo > 0 or hi < 0
-        # Losses differ in the 4th decimal between close merges; accuracies move in steps of 1/n.
-        d = 3 if r["metric"] == LABELS["correct"] else 4
-        diff = f"{r['diff']:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]"
-        lines.append(f"| {r['a']} | {r['b']} | {r['metric']} | {f'**{diff}**' if clear else diff} | "
-                     f"{r['p_value']:.3g} | {r['test']} |")
-    return lines
+    return rows_of(RunLayout(run).eval_root, task, singles, merges, seed, keys)
 
 
 def write_report(run: Path, task: str, settings, times: Dict, host: Dict) -> Path:

@@ -1,0 +1,104 @@
+"""Paired comparisons of merges against single models, from an evaluation folder's per-sample files.
+
+Shared by `sftmerge eval --run` (OUT/paired.{json,md}) and the demo's and PAFT's reports.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from sftmerge.io.layout import ResultsLayout
+
+# Per-sample keys compared pairwise (arith: correct, loss; gsm8k: one key per answer filter).
+LABELS = {"correct": "exact match", "loss": "held-out loss"}
+
+
+def _samples(results_root: Path, name: str, task: str) -> List[Dict]:
+    path = ResultsLayout(results_root).samples(name, task)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def paired_rows(results_root: Path, task: str, singles: Sequence[str], merges: Sequence[str], seed: int,
+                keys=("correct", "loss")) -> List[Dict]:
+    """Every merge vs every single model and vs every other merge, on the same problems."""
+    from sftmerge.eval.paired import align, paired_continuous, paired_exact_match
+
+    pairs = [(m, s) for m in merges for s in singles] + list(itertools.combinations(merges, 2))
+    cache = {n: _samples(results_root, n, task) for n in {*singles, *merges}}
+    rows = []
+    for a, b in pairs:
+        for key in keys:
+            if not cache[a] or not cache[b] or key not in cache[a][0] or key not in cache[b][0]:
+                continue
+            va, vb = align(cache[a], cache[b], key, (a, b))
+            # Judge scores (alpaca) and pass fractions (code, several samples) are not 0/1.
+            binary = key != "loss" and all(v in (0, 1) for v in (*va, *vb))
+            label = LABELS.get(key, key)
+            res = paired_exact_match(va, vb, seed) if binary else paired_continuous(va, vb)
+            rows.append({"a": a, "b": b, "metric": label, **res})
+    return rows
+
+
+def paired_table_markdown(rows: List[Dict]) -> List[str]:
+    lines = ["| A | B | metric | A - B [95% interval] | p | test |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["ci95"]
+        clear = lo > 0 or hi < 0
+        # Losses differ in the 4th decimal between close merges; accuracies move in steps of 1/n.
+        d = 3 if r["metric"] == LABELS["correct"] else 4
+        diff = f"{r['diff']:+.{d}f} [{lo:+.{d}f}, {hi:+.{d}f}]"
+        lines.append(f"| {r['a']} | {r['b']} | {r['metric']} | {f'**{diff}**' if clear else diff} | "
+                     f"{r['p_value']:.3g} | {r['test']} |")
+    return lines
+
+
+def best_single(table: Dict, task: str, singles: Sequence[str]) -> Optional[str]:
+    """The single model with the best value of the task's first metric (summary table's `best` rule)."""
+    from sftmerge.data.tasks import TASKS
+
+    metric = TASKS[task].metrics[0]
+    key = f"{task}/{metric}"
+    scored = [(table["cells"][s][key]["value"], s) for s in singles
+              if table["cells"].get(s, {}).get(key, {}).get("value") is not None]
+    if not scored:
+        return None
+    pick = min if metric in TASKS[task].lower_is_better else max
+    return pick(scored)[1]
+
+
+def write_paired(out: Path, singles: Sequence[str], merges: Sequence[str], seed: int = 0) -> Dict:
+    """OUT/paired.{json,md}: per task, every merge vs each single model, and the rows against the best single."""
+    from sftmerge.eval.summary import collect, table
+    from sftmerge.io.fsutil import write_json, write_text
+
+    layout = ResultsLayout(out)
+    rows = collect(out)
+    t = table(rows)
+    doc: Dict = {"seed": seed, "tasks": {}}
+    lines = ["# Paired comparisons", "",
+             "Same problems for both models. 0/1 scores: difference in accuracy, paired bootstrap 95% interval "
+             f"(2000 resamples, seed {seed}), McNemar exact p-value; other scores: mean per-problem difference, "
+             "t interval, paired t p-value. **Bold**: the interval excludes 0.", ""]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        keys = tuple(dict.fromkeys(["correct", "loss", *(m for r in rows if r["task"] == task for m in r["metrics"])]))
+        present = [m for m in merges if m in t["models"]]
+        have = [s for s in singles if s in t["models"]]
+        paired = paired_rows(out, task, have, present, seed, keys)
+        best = best_single(t, task, have)
+        doc["tasks"][task] = {"best_single": best, "rows": paired}
+        lines += [f"## {task}", ""]
+        if best is not None:
+            vs_best = [r for r in paired if r["b"] == best]
+            lines += [f"Against the best single model (`{best}`):", ""]
+            lines += paired_table_markdown(vs_best) if vs_best else ["(no merges)"]
+            lines += ["", "All pairs:", ""]
+        lines += paired_table_markdown(paired) if paired else ["(no pairs)"]
+        lines.append("")
+    write_json(layout.paired("json"), doc)
+    write_text(layout.paired("md"), "\n".join(lines))
+    return doc

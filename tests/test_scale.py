@@ -1,0 +1,188 @@
+"""Training at scale: precision and load dtype, the text format for bases without a chat
+template, concurrent `--order k` jobs on one run folder, DDP against one process, and
+the combinations refused before training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from tests.common import error_line, tool
+from sftmerge.train.config import SFTRunConfig, dump_config
+from sftmerge.train.hardware import has_bf16, resolve_precision, weights_dtype
+from sftmerge.train.sft import run_multi_order
+
+
+def _no_chat_template(model: Path, folder: Path) -> Path:
+    """A copy of `model` whose tokenizer has no chat template (like Llama-2-7b's base)."""
+    shutil.copytree(model, folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    tok_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tok_config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def plain_base(tiny_chat_model, tmp_path_factory):
+    return _no_chat_template(tiny_chat_model, tmp_path_factory.mktemp("plain") / "base")
+
+
+def tiny_config(base, out, **kw) -> SFTRunConfig:
+    values = dict(base=str(base), data="arith", num_samples=8, output_dir=str(out), orders=3, num_train_epochs=1,
+                  per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1, max_length=96, save_steps=50)
+    values.update(kw)
+    return SFTRunConfig(**values)
+
+
+def weights(folder) -> dict:
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+# ---------------------------------------------------------------- precision
+
+
+def test_precision_sets_the_load_dtype():
+    assert weights_dtype("bf16") == torch.bfloat16  # pure bf16: no fp32 master weights
+    for p in ("fp32", "bf16-mixed", "fp16"):  # fp32 weights are the master copy under autocast
+        assert weights_dtype(p) == torch.float32
+    if not has_bf16():  # this machine: auto trains in fp32 exactly as before
+        assert resolve_precision("auto") == "fp32"
+
+
+# ---------------------------------------------------------------- refused before training
+
+
+def _cli_error(yaml_text: str, tmp_path: Path, env=None) -> str:
+    from sftmerge.cli.main import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text + f"output_dir: {tmp_path / 'run'}\n")
+    result = CliRunner().invoke(main, ["train", "sft", str(path)], env=env)
+    line = error_line(result)
+    assert not (tmp_path / "run").exists()  # nothing half-made
+    return line
+
+
+@pytest.mark.parametrize("yaml_text, env, message", [
+    ("l1: 0.001\n", {"ACCELERATE_USE_FSDP": "true"}, "l1 with fsdp is not supported"),
+    ("l1: 0.001\n", {"ACCELERATE_USE_DEEPSPEED": "true"}, "l1 with deepspeed is not supported"),
+    ("l1: 0.001\nsft_args: {fsdp: full_shard}\n", None, "l1 with fsdp is not supported"),
+    ("format: text\ntext_template: 'Q: {prompt}'\n", None, "text_template must hold {prompt} once and end with {response}"),
+    ("format: text\ntext_template: '{response} {prompt}'\n", None, "must hold {prompt} once and end with {response}"),
+    ("format: text\ntext_template: 'Q: {prompt {response}'\n", None, "text_template is not a format string"),
+    ("format: html\n", None, "format"),
+])
+def test_bad_combinations_are_one_line_before_training(tiny_chat_model, tmp_path, yaml_text, env, message):
+    assert message in _cli_error(f"base: {tiny_chat_model}\n" + yaml_text, tmp_path, env)
+
+
+@pytest.mark.skipif(has_bf16(), reason="this machine has bf16: nothing to refuse")
+@pytest.mark.parametrize("precision", ["bf16", "bf16-mixed"])
+def test_bf16_without_bf16_hardware_is_refused(tiny_chat_model, tmp_path, precision):
+    line = _cli_error(f"base: {tiny_chat_model}\nprecision: {precision}\n", tmp_path)
+    assert f"precision {precision} needs bf16 hardware" in line
+
+
+def test_chat_format_still_needs_a_chat_template(plain_base, tmp_path):
+    assert "its tokenizer has no chat template" in _cli_error(f"base: {plain_base}\n", tmp_path)
+
+
+def test_text_template_splits_prompt_and_response():
+    from sftmerge.data.pairs import Pair
+    from sftmerge.train.trainer_inputs import to_text_dataset
+
+    row = to_text_dataset([Pair(id="a", prompt="2+2?", response="4")], "Question: {prompt}\nAnswer: {response}")[0]
+    assert row == {"prompt": "Question: 2+2?\nAnswer:", "completion": " 4"}
+
+
+# ---------------------------------------------------------------- text format trains a plain base
+
+
+@pytest.mark.slow
+def test_text_format_trains_a_base_without_chat_template(plain_base, tmp_path):
+    from transformers import AutoTokenizer
+
+    from sftmerge.eval.losses import sample_losses
+    from sftmerge.train.prepared import prepared_dataset, run_config
+
+    config = tiny_config(plain_base, tmp_path / "run", orders=1, format="text")
+    [summary] = run_multi_order(config, echo=lambda _: None, score_samples=sample_losses)
+    assert summary["format"] == "text" and summary["text_template"] == config.text_template
+    stored = run_config(tmp_path / "run")
+    assert stored.format == "text" and stored.text_template == config.text_template
+    # The loss covers the response and the EOS token only.
+    pairs, dataset = prepared_dataset(stored)
+    tok = AutoTokenizer.from_pretrained(plain_base)
+    row = dataset[0]
+    trained = [t for t in row["labels"] if t != -100]
+    assert tok.decode(trained) == " " + pairs[0].response + tok.eos_token
+    text = f"Question: {pairs[0].prompt}\nAnswer: {pairs[0].response}{tok.eos_token}"
+    assert tok.decode(row["input_ids"]) in (text, f"{tok.bos_token}{text}")  # the template, nothing else
+
+
+# ---------------------------------------------------------------- concurrent --order jobs
+
+
+@pytest.mark.slow
+def test_concurrent_order_jobs_equal_the_sequential_run(tiny_chat_model, tmp_path, clean_env):
+    """Three `--order k` jobs started at once on one run folder all finish, and give what
+    one sequential run gives: the same weights, config.yaml and recipes."""
+    seq = tiny_config(tiny_chat_model, tmp_path / "seq")
+    run_multi_order(seq, echo=lambda _: None)
+    config = tmp_path / "c.yaml"
+    config.write_text(dump_config(tiny_config(tiny_chat_model, tmp_path / "par")))
+    env = clean_env  # the same thread count as this process: the same float sums, bit for bit
+    jobs = [subprocess.Popen([tool("sftmerge"), "train", "sft", str(config), "--order", str(k)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for k in range(3)]
+    outs = [job.communicate(timeout=300) for job in jobs]
+    for job, (out, err) in zip(jobs, outs):
+        assert job.returncode == 0, err[-3000:]
+    for k in range(3):
+        a, b = weights(tmp_path / "seq" / f"order-{k}"), weights(tmp_path / "par" / f"order-{k}")
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    seq_cfg = (tmp_path / "seq" / "config.yaml").read_text()
+    assert (tmp_path / "par" / "config.yaml").read_text() == seq_cfg.replace(str(tmp_path / "seq"), str(tmp_path / "par"))
+    for recipe in sorted((tmp_path / "seq" / "recipes").iterdir()):
+        par = (tmp_path / "par" / "recipes" / recipe.name).read_text()
+        assert par == recipe.read_text().replace(str(tmp_path / "seq"), str(tmp_path / "par"))
+    leftovers = [p.name for p in (tmp_path / "par").iterdir() if p.name.startswith(".") and p.name != ".sftmerge.lock"]
+    assert leftovers == []
+
+
+# ---------------------------------------------------------------- DDP against one process
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_of_the_same_global_batch(tiny_chat_model, tmp_path, clean_env):
+    """2 CPU processes over gloo x 2 samples each against 1 process x 4 samples: the same
+    global batches in the same order, so the same weights within float tolerance."""
+    one = tiny_config(tiny_chat_model, tmp_path / "one", orders=2, num_train_epochs=2)
+    run_multi_order(one, only=[1], echo=lambda _: None)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"base: {tiny_chat_model}\ndata: arith\nnum_samples: 8\norders: 2\nnum_train_epochs: 2\n"
+                      f"per_device_train_batch_size: 2\nlearning_rate: 0.001\nlogging_steps: 1\nmax_length: 96\n"
+                      f"output_dir: {tmp_path / 'ddp'}\n")
+    proc = subprocess.run(
+        [tool("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", tool("sftmerge"), "train", "sft", str(config),
+         "--order", "1"],
+        capture_output=True, text=True, env={**clean_env, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "order-1" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 4  # 8 samples x 2 epochs / global batch 4
+    order = json.loads((tmp_path / "ddp" / "order-1" / "order.json").read_text())
+    assert order["epochs"] == json.loads((tmp_path / "one" / "order-1" / "order.json").read_text())["epochs"]
+    a, b = weights(tmp_path / "one" / "order-1"), weights(tmp_path / "ddp" / "order-1")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+    base = weights(tiny_chat_model)
+    assert any(not torch.allclose(a[n], base[n]) for n in a)  # training moved the weights: the match says something
