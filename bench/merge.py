@@ -121,13 +121,13 @@ def run_benchmark(cache: Path, runs: int) -> Dict[str, List[Dict[str, float]]]:
 
 
 def summarize(results: Dict[str, List[Dict[str, float]]]) -> str:
-    keys = ("seconds", "peak_rss_gib", "peak_anon_gib", "peak_file_gib")
-    med = {n: {k: statistics.median(x[k] for x in rows) for k in keys} for n, rows in results.items()}
-    lines = [f"{'method':<24}{'wall s':>10}{'peak RSS GiB':>14}{'anon GiB':>10}{'file GiB':>10}{'runs':>6}"
+    keys = ("seconds", "cpu_seconds", "peak_rss_gib", "peak_anon_gib", "peak_file_gib")
+    med = {n: {k: statistics.median(x.get(k, float("nan")) for x in rows) for k in keys} for n, rows in results.items()}
+    lines = [f"{'method':<24}{'wall s':>10}{'CPU s':>8}{'peak RSS GiB':>14}{'anon GiB':>10}{'file GiB':>10}{'runs':>6}"
              "  (medians)"]
     for n, m in med.items():
-        lines.append(f"{n:<24}{m['seconds']:>10.1f}{m['peak_rss_gib']:>14.2f}{m['peak_anon_gib']:>10.2f}"
-                     f"{m['peak_file_gib']:>10.2f}{len(results[n]):>6}")
+        lines.append(f"{n:<24}{m['seconds']:>10.1f}{m['cpu_seconds']:>8.1f}{m['peak_rss_gib']:>14.2f}"
+                     f"{m['peak_anon_gib']:>10.2f}{m['peak_file_gib']:>10.2f}{len(results[n]):>6}")
     ref = med["linear"]
     ratios = [
         f"{n} wall {m['seconds'] / ref['seconds']:.3f}x, RSS {m['peak_rss_gib'] / ref['peak_rss_gib']:.3f}x"
@@ -137,10 +137,16 @@ def summarize(results: Dict[str, List[Dict[str, float]]]) -> str:
     floors = [
         f"{n} {med[n]['seconds'] / med[floor]['seconds']:.2f}x"
         + (f" (target <= {target}x)" if target else "") + f" of {med[floor]['seconds']:.1f} s"
+        + f" [round by round: median {_paired_ratio(results[n], results[floor]):.2f}x]"
         for n, (floor, target) in FLOOR_OF.items() if n in med and floor in med
     ]
     lines.append("wall time vs the I/O floor of the same inputs: " + "; ".join(floors))
     return "\n".join(lines)
+
+
+def _paired_ratio(rows: List[Dict[str, float]], floor_rows: List[Dict[str, float]]) -> float:
+    """Median over rounds of a method's time over its floor's in the same round (drift in load cancels)."""
+    return statistics.median(a["seconds"] / b["seconds"] for a, b in zip(rows, floor_rows))
 
 
 @click.command("merge")
@@ -151,11 +157,12 @@ def bench_merge(runs: int, cache: str) -> None:
     """Merge a synthetic ~1.1B bf16 family (K=3 + base) with linear, param_select, param_select+resample; I/O floors."""
     cache_path = Path(cache).resolve()
     cache_path.mkdir(parents=True, exist_ok=True)
+    load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     results = run_benchmark(cache_path, runs)
     (cache_path / "bench-merge.json").write_text(json.dumps(results, indent=2))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    click.echo(f"machine: {os.cpu_count()} CPUs, torch threads default, load average {load} at the end; "
-               f"raw runs in {cache_path / 'bench-merge.json'}")
+    click.echo(f"machine: {os.cpu_count()} CPUs, torch threads default, load average {load_before} at the start, "
+               f"{load} at the end; raw runs in {cache_path / 'bench-merge.json'}")
     click.echo(summarize(results))
 
 
@@ -170,15 +177,17 @@ def _worker(recipe: str, out: str, floor: bool = False) -> None:
     config = MergeConfiguration.model_validate(yaml.safe_load(Path(recipe).read_text()))
     sampler = MemorySampler()
     sampler.start()
+    cpu = os.times()
     start = time.perf_counter()
     if floor:
         copy_floor(recipe, out)
     else:
         run_merge(config, out, options=MergeOptions(quiet=True, copy_tokenizer=False, write_model_card=False))
     seconds = time.perf_counter() - start
+    cpu_seconds = sum(os.times()[:2]) - sum(cpu[:2])  # user + system, every thread of the process
     sampler.stop()
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_rss_gib": peak_kib / 1024**2,
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_rss_gib": peak_kib / 1024**2,
                       "peak_anon_gib": sampler.peak_gib("RssAnon"), "peak_file_gib": sampler.peak_gib("RssFile")}))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from sftmerge.data.pairs import extract_answer, load_pairs
-from sftmerge.eval.backends import LoadedModel, chat_prompt, continuation_logprobs, generate
+from sftmerge.eval.backends import LoadedModel, chat_prompt, generate_and_score
 from sftmerge.eval.stats import summarize, summarize_proportion
 from sftmerge.eval.tasks import EvalSettings, TaskResult, default_max_new_tokens
 
@@ -29,8 +29,8 @@ def run(model: LoadedModel, settings: EvalSettings, workdir) -> TaskResult:
     texts = prompts(model, pairs)
     max_new = default_max_new_tokens(settings, MAX_NEW_TOKENS)
     t0 = time.time()
-    responses = generate(model, texts, max_new, until=[])
-    scored = continuation_logprobs(model, [(t, p.response) for t, p in zip(texts, pairs)])
+    # The reference's loss and the greedy answer from one pass over each prompt (HF backend).
+    responses, scored = generate_and_score(model, texts, [p.response for p in pairs], max_new, [])
     samples, correct, losses = [], [], []
     for pair, text, response, (logprob, n_tokens) in zip(pairs, texts, responses, scored):
         got = extract_answer(response, strict=True)

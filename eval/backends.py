@@ -141,7 +141,9 @@ def load_model(model_dir: str, backend: str, batch_size: int, seed: int, max_len
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
             dtype = "bfloat16" if device == "cuda" else "float32"
-            lm = HFLM(pretrained=model_dir, batch_size=batch_size, device=device, dtype=dtype,
+            # fp32 on CPU: this project's CPUs lack bf16 instructions (train/hardware.py cpu_has_bf16),
+            # where bf16 runs slower. The tokenizer is handed over, not loaded a second time.
+            lm = HFLM(pretrained=model_dir, tokenizer=tokenizer, batch_size=batch_size, device=device, dtype=dtype,
                       max_length=max_length)
             settings.update(device=device, dtype=dtype)
     except SftmergeError:
@@ -157,29 +159,62 @@ def model_name(model_dir: str) -> str:
     return Path(model_dir).resolve().name
 
 
+def _direct(model: LoadedModel) -> bool:
+    """The HF backend's own greedy generation and scoring (eval/hf_direct.py) apply to this model."""
+    if model.backend != "hf":
+        return False
+    from sftmerge.eval.hf_direct import direct_greedy_ok
+
+    return direct_greedy_ok(model.lm.model)
+
+
+def _batch_size(model: LoadedModel) -> int:
+    return int(model.settings.get("batch_size") or 1)
+
+
 def generate(model: LoadedModel, prompts: List[str], max_new_tokens: int, until: List[str],
              do_sample: bool = False, temperature: float = 0.0) -> List[str]:
-    """Batched generation of the prompts through the backend's lm-eval `generate_until`."""
+    """Batched generation of the prompts: greedy on the HF backend by eval/hf_direct.py, else
+    (vLLM, sampling) through the backend's lm-eval `generate_until`."""
+    if not do_sample and _direct(model):
+        from sftmerge.eval import hf_direct
+
+        return hf_direct.generate(model.lm, prompts, max_new_tokens, until, _batch_size(model))
     from lm_eval.api.instance import Instance
 
     kwargs = {"until": list(until), "max_gen_toks": max_new_tokens, "do_sample": do_sample}
-    if do_sample:
-        kwargs["temperature"] = temperature
-    else:
-        kwargs["temperature"] = 0.0
+    kwargs["temperature"] = temperature if do_sample else 0.0
     requests = [Instance("generate_until", {}, (p, dict(kwargs)), i) for i, p in enumerate(prompts)]
     return list(model.lm.generate_until(requests))
 
 
+def _with_counts(model: LoadedModel, pairs: List[tuple], logprobs: List[float]) -> List[tuple]:
+    # The continuation's own tokens: those of context+continuation beyond those of the context.
+    encode = model.lm.tok_encode
+    return [(float(lp), max(len(encode(c + x)) - len(encode(c)), 1)) for (c, x), lp in zip(pairs, logprobs)]
+
+
 def continuation_logprobs(model: LoadedModel, pairs: List[tuple]) -> List[tuple]:
     """(sum log p(continuation | context), number of continuation tokens) per (context, continuation)."""
+    if model.backend == "hf":
+        from sftmerge.eval import hf_direct
+
+        return _with_counts(model, pairs, hf_direct.score(model.lm, pairs, _batch_size(model)))
     from lm_eval.api.instance import Instance
 
     requests = [Instance("loglikelihood", {}, (c, x), i) for i, (c, x) in enumerate(pairs)]
-    scores = model.lm.loglikelihood(requests)
-    out = []
-    for (context, continuation), (logprob, _greedy) in zip(pairs, scores):
-        # lm-eval scores the tokens of context+continuation beyond those of the context.
-        n = len(model.lm.tok_encode(context + continuation)) - len(model.lm.tok_encode(context))
-        out.append((float(logprob), max(n, 1)))
-    return out
+    return _with_counts(model, pairs, [logprob for logprob, _greedy in model.lm.loglikelihood(requests)])
+
+
+def generate_and_score(model: LoadedModel, prompts: List[str], continuations: List[str], max_new_tokens: int,
+                       until: List[str]) -> tuple:
+    """Greedy answers to the prompts, and `continuation_logprobs` of each (prompt, continuation):
+    on the HF backend from one pass per prompt (eval/hf_direct.py)."""
+    pairs = list(zip(prompts, continuations))
+    if _direct(model):
+        from sftmerge.eval import hf_direct
+
+        texts, logprobs = hf_direct.generate_and_score(model.lm, prompts, continuations, max_new_tokens, until,
+                                                       _batch_size(model))
+        return texts, _with_counts(model, pairs, logprobs)
+    return generate(model, prompts, max_new_tokens, until), continuation_logprobs(model, pairs)

@@ -24,11 +24,13 @@ def _samples(results_root: Path, name: str, task: str) -> List[Dict]:
 
 
 def paired_rows(results_root: Path, task: str, singles: Sequence[str], merges: Sequence[str], seed: int,
-                keys=("correct", "loss")) -> List[Dict]:
-    """Every merge vs every single model and vs every other merge, on the same problems."""
+                keys=("correct", "loss"), within: bool = True) -> List[Dict]:
+    """Every merge vs every single model and (`within`) vs every other merge, on the same problems."""
     from sftmerge.eval.paired import align, paired_continuous, paired_exact_match
 
-    pairs = [(m, s) for m in merges for s in singles] + list(itertools.combinations(merges, 2))
+    pairs = [(m, s) for m in merges for s in singles]
+    if within:
+        pairs += list(itertools.combinations(merges, 2))
     cache = {n: _samples(results_root, n, task) for n in {*singles, *merges}}
     rows = []
     for a, b in pairs:

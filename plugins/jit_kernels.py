@@ -5,20 +5,24 @@ is installed) does not import numba; `uniforms.py` and `select_kernel.py` import
 module on first use. The rule these functions implement is described in
 `select_kernel.py`; the stream in `uniforms.py`.
 
-Written for LLVM's loop vectoriser: indices into the inputs are unsigned (a signed index
-gets numba's negative-index check, which stops vectorisation), every load comes before
-the select that uses it, and the passes have no branches.
+Each function is serial, works on one range of elements [start, stop) and releases the
+GIL: `workers.py` runs it over blocks of a tensor on several threads. Written for LLVM's
+loop vectoriser: indices into the inputs are unsigned (a signed index gets numba's
+negative-index check, which stops vectorisation), every load comes before the select
+that uses it, and the passes have no branches. A stream's uniform is computed where it
+is used, in the pass that reads the inputs: a separate pass writing them to a buffer
+left the arithmetic and the memory traffic unoverlapped (about 20% more time).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from sftmerge.plugins.splitmix import GAMMA, MIX1, MIX2, SCALE
 
-# Elements per chunk of the kernel: small enough for a chunk's uniforms and origins to
-# stay in cache between the passes over it, large enough to amortise the loop set-up.
+# Elements per chunk: a chunk's slots (two bytes per element) stay in cache between the
+# pass that writes them and the count that reads them.
 CHUNK = 1 << 16
 
 
@@ -32,10 +36,19 @@ def uniform_at(key, i):
     return np.float32(z >> np.uint64(40)) * np.float32(SCALE)
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def fill_uniforms(key, out):
-    for i in prange(out.shape[0]):
+@njit(nogil=True, cache=True, error_model="numpy")
+def fill_uniforms(key, out, start, stop):
+    """out[i] = element i's uniform for i in [start, stop)."""
+    st = np.uint64(start)
+    for j in range(stop - start):
+        i = st + np.uint64(j)
         out[i] = uniform_at(key, i)
+
+
+@njit(inline="always")
+def _uniform(has_u, u, key, i):
+    # `has_u` is the same for the whole loop: LLVM unswitches it into two vectorised loops.
+    return u[i] if has_u else uniform_at(key, i)
 
 
 @njit(inline="always")
@@ -48,15 +61,27 @@ def _eq(a, b, abs_mask, inf_bits):
 
 @njit(inline="always")
 def _first_pick(models, i, ui, edges):
-    """Value and slot of the model whose interval holds ui, without branches."""
+    """Value and slot of the model whose interval holds ui, without branches. The slot is
+    a float32 count: numba widens integer arithmetic to 64 bits, and one 64-bit lane type
+    in a loop halves the vector width of everything in it."""
     v = models[0][i]
-    s = 0
+    s = np.float32(0.0)
     for p in range(1, len(models)):
         take = ui >= edges[p]
-        s += take
+        s = np.float32(s + np.float32(take))
         w = models[p][i]
         v = w if take else v
     return v, s
+
+
+@njit(inline="always")
+def _plain_pass(models, has_u, u, key, start, m, out, origin, edges):
+    st = np.uint64(start)
+    for j in range(m):
+        i = st + np.uint64(j)
+        v, s = _first_pick(models, i, _uniform(has_u, u, key, i), edges)
+        out[i] = v
+        origin[j] = np.int16(s)
 
 
 @njit(inline="always")
@@ -71,24 +96,13 @@ def _fill_chunk_uniforms(has_u, u, key, start, m, u_buf):
 
 
 @njit(inline="always")
-def _plain_pass(models, u_buf, start, m, out, origin, edges):
-    st = np.uint64(start)
-    for j in range(m):
-        i = st + np.uint64(j)
-        v, s = _first_pick(models, i, u_buf[j], edges)
-        out[i] = v
-        origin[j] = np.int8(s)
-
-
-@njit(inline="always")
 def _base_pass(models, base, resample, u_buf, start, m, out, origin, edges, width, redraw_w, equal_w, abs_mask,
                inf_bits):
     n_pos = len(models)
     n_pos32 = np.float32(n_pos)
     zero = np.float32(0.0)
+    one = np.float32(1.0)
     one_minus = np.float32(1.0) - np.float32(2.0**-23)
-    equal_before = 0
-    redrawn = 0
     st = np.uint64(start)
     for j in range(m):
         i = st + np.uint64(j)
@@ -109,7 +123,7 @@ def _base_pass(models, base, resample, u_buf, start, m, out, origin, edges, widt
             take = ui >= e_p
             e_s = e_p if take else e_s
             w_s = w_p if take else w_s
-        u2e = np.float32(ui * n_pos32) - np.float32(s)
+        u2e = np.float32(ui * n_pos32) - s
         u2w = np.float32(ui - e_s) / w_s
         u2 = u2e if equal_w else u2w
         u2 = zero if u2 < zero else u2
@@ -121,58 +135,64 @@ def _base_pass(models, base, resample, u_buf, start, m, out, origin, edges, widt
             total = np.float32(total + (w_p if changed else zero))
         threshold = np.float32(u2 * total)
         running = zero
-        chosen = 0
+        chosen = zero  # counts in float32, as the slot (see _first_pick)
         for p in range(n_pos):
             w_p = redraw_w[p]
             changed = not _eq(models[p][i], b, abs_mask, inf_bits)
             running = np.float32(running + (w_p if changed else zero))
-            chosen += running <= threshold
+            chosen = np.float32(chosen + (one if running <= threshold else zero))
         redo = need & resample
         slot = chosen if redo else s
         r = b  # slot == n_pos: no model changed the element, the base value stays
         for p in range(n_pos):
             w = models[p][i]
-            r = w if slot == p else r
+            r = w if slot == np.float32(p) else r
         out[i] = r
-        moved = redo & (chosen < n_pos)
-        origin[j] = np.int8(slot if moved else s)
-        equal_before += need
-        redrawn += moved
-    return equal_before, redrawn
+        moved = redo & (chosen < n_pos32)
+        # Flags instead of running totals: a sum carried across iterations would be 64-bit.
+        origin[j] = np.int16(slot if moved else s) | (np.int16(need) << 8) | (np.int16(moved) << 9)
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def select_chunks(models, base, has_base, resample, has_u, u, key, out, edges, width, redraw_w, equal_w, abs_mask,
-                  inf_bits, counts, equal_counts):
-    n = out.shape[0]
-    n_pos = len(models)  # a compile-time constant: the loops over models unroll
-    n_chunks = (n + CHUNK - 1) // CHUNK
-    n_workers = counts.shape[0]
-    # One iteration per worker thread, which takes every n_workers-th chunk: its buffers
-    # and counters are allocated once, not per chunk.
-    for t in prange(n_workers):
-        u_buf = np.empty(CHUNK, dtype=np.float32)
-        origin = np.empty(CHUNK, dtype=np.int8)  # the slot each output element came from
-        picks = np.zeros(n_pos, dtype=np.int64)
-        equal_before = 0
-        redrawn = 0
-        for c in range(t, n_chunks, n_workers):
-            start = c * CHUNK
-            m = min(start + CHUNK, n) - start
-            _fill_chunk_uniforms(has_u, u, key, start, m, u_buf)
-            if has_base:
-                e, r = _base_pass(models, base, resample, u_buf, start, m, out, origin, edges, width, redraw_w,
-                                  equal_w, abs_mask, inf_bits)
-                equal_before += e
-                redrawn += r
-            else:
-                _plain_pass(models, u_buf, start, m, out, origin, edges)
-            # Counted apart: a histogram update inside the passes would stop them vectorising.
-            for p in range(n_pos):
-                hits = 0
-                for j in range(m):
-                    hits += origin[j] == p
-                picks[p] += hits
-        counts[t, :] = picks
-        equal_counts[t, 0] = equal_before
-        equal_counts[t, 1] = equal_before - redrawn
+@njit(inline="always")
+def _count(origin, m, has_base, picks, equal_counts):
+    """Add the chunk's elements per slot to `picks` (slot 0 gets the rest: one pass fewer)
+    and, with a base, its base-equal first picks and those still base-equal after the redraw."""
+    rest = 0
+    for p in range(1, picks.shape[0]):
+        hits = 0
+        slot = np.int16(p)
+        for j in range(m):
+            hits += (origin[j] & np.int16(0xFF)) == slot
+        picks[p] += hits
+        rest += hits
+    picks[0] += m - rest
+    if has_base:
+        need = 0
+        moved = 0
+        for j in range(m):
+            need += (origin[j] >> 8) & 1
+            moved += (origin[j] >> 9) & 1
+        equal_counts[0] += need
+        equal_counts[1] += need - moved
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def select_range(models, base, has_base, resample, has_u, u, key, out, start, stop, edges, width, redraw_w,
+                 equal_w, abs_mask, inf_bits, picks, equal_counts):
+    """Elements [start, stop) of the output; adds their picks per model to `picks` and the
+    base-equal counts before and after resampling to `equal_counts`."""
+    # Per element of a chunk: the slot it came from (low byte), whether its first pick
+    # equalled the base (bit 8), whether the redraw moved it (bit 9).
+    origin = np.empty(CHUNK, dtype=np.int16)
+    u_buf = np.empty(CHUNK if has_base else 0, dtype=np.float32)
+    for c in range(start, stop, CHUNK):
+        m = min(c + CHUNK, stop) - c
+        if has_base:
+            # Read from a buffer here: computed inline, the stream made this long loop slower.
+            _fill_chunk_uniforms(has_u, u, key, c, m, u_buf)
+            _base_pass(models, base, resample, u_buf, c, m, out, origin, edges, width, redraw_w, equal_w, abs_mask,
+                       inf_bits)
+        else:
+            _plain_pass(models, has_u, u, key, c, m, out, origin, edges)
+        # Counted apart: a histogram update inside the passes would stop them vectorising.
+        _count(origin, m, has_base, picks, equal_counts)

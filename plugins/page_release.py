@@ -14,6 +14,12 @@ the process wrote (a private copy), or one swapped out, would be discarded. So
 left alone, as is anything not on the CPU, not contiguous, or on a system without
 pagemap. Only whole pages inside the tensor are dropped, never a neighbour's.
 Set SFTMERGE_KEEP_INPUT_PAGES=1 to turn this off (the benchmark compares both).
+
+The other direction, `populate`: the kernel's output is a fresh buffer that it writes
+whole, page after page, each first write a page fault (about 540,000 for a 1B-parameter
+bf16 model). Asking for a range's pages in one call (`MADV_POPULATE_WRITE`, Linux 5.14+)
+does the same allocation and zeroing without the faults, measured at about half the
+system time.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 
 PAGE = mmap.PAGESIZE
 MADV_DONTNEED = 4
+MADV_POPULATE_WRITE = 23
 # /proc/self/pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
 _PRESENT = np.uint64(1 << 63)
 _SWAPPED = np.uint64(1 << 62)
@@ -41,14 +48,42 @@ def enabled() -> bool:
     return os.environ.get("SFTMERGE_KEEP_INPUT_PAGES", "") in ("", "0")
 
 
+def _libc_madvise():
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = libc.madvise
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_populate = None
+
+
+def populate(address: int, nbytes: int) -> bool:
+    """Allocate the whole pages inside [address, address + nbytes) of a private anonymous
+    buffer in one call; their contents do not change. False where the system cannot
+    (the pages then come one fault at a time, as before)."""
+    global _populate
+    if _populate is None:
+        try:
+            _populate = _libc_madvise()
+        except (OSError, AttributeError, TypeError):
+            _populate = False
+    start = -(-address // PAGE) * PAGE
+    end = (address + nbytes) // PAGE * PAGE
+    if not _populate or end <= start:
+        return False
+    if _populate(start, end - start, MADV_POPULATE_WRITE) != 0:  # e.g. EINVAL before Linux 5.14
+        _populate = False
+        return False
+    return True
+
+
 def _open() -> bool:
     global _madvise, _pagemap_fd
     if _madvise is None:
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fn = libc.madvise
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            fn.restype = ctypes.c_int
+            fn = _libc_madvise()
             _pagemap_fd = os.open("/proc/self/pagemap", os.O_RDONLY)
             _madvise = fn
         except (OSError, AttributeError, TypeError):  # no libc madvise or no pagemap (not Linux)

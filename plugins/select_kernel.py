@@ -9,7 +9,8 @@ redraw where the first pick equals the base. Without branches LLVM vectorises th
 elements one by one. It is bit-identical to the torch path: every comparison and every
 float operation is done in float32 in the same order, and values are copied, never
 computed. Values are handled as their bit patterns (one compiled kernel per width),
-compared with IEEE equality (+0 == -0, NaN != NaN) as torch's `==` does.
+compared with IEEE equality (+0 == -0, NaN != NaN) as torch's `==` does. Blocks of
+elements run on several threads (`workers.py`).
 
 The rule, per element with uniform u (float32):
 1. slot s = number of positive-weight models p >= 1 with u >= edge[p]: the first pick.
@@ -27,7 +28,8 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from sftmerge.plugins.uniforms import NUMBA_LOCK, Uniforms
+from sftmerge.plugins import page_release, workers
+from sftmerge.plugins.uniforms import Uniforms
 
 # numba is a dependency; without it (e.g. an unsupported platform) the torch path runs.
 # The compiled code lives in jit_kernels.py and is imported on first use.
@@ -42,7 +44,7 @@ _BITS = {
 }
 
 
-# Each element's origin is kept as an int8 slot while its chunk is counted.
+# Each element's origin is kept in one byte while its chunk is counted.
 MAX_MODELS = 127
 
 
@@ -79,9 +81,7 @@ def select_positive(
     taken per model, and the base-equal counts before and after resampling (None without
     a base).
     """
-    import numba
-
-    from sftmerge.plugins.jit_kernels import select_chunks
+    from sftmerge.plugins.jit_kernels import select_range
 
     if len(tensors) > MAX_MODELS:
         raise ValueError(f"the CPU kernel takes at most {MAX_MODELS} models with weight > 0 (got {len(tensors)})")
@@ -102,15 +102,20 @@ def select_positive(
     equal_w = all(w == weights[0] for w in weights)
     # Equal weights redraw uniformly: the renormalised weights are counts (exact in float32).
     redraw_w = np.ones(n_pos, dtype=np.float32) if equal_w else np.array(weights, dtype=np.float32)
-    n_workers = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    counts = np.zeros((n_workers, n_pos), dtype=np.int64)
-    equal_counts = np.zeros((n_workers, 2), dtype=np.int64)
+    threads = workers.threads_for(out.size)
+    counts = np.zeros((threads, n_pos), dtype=np.int64)  # one row per thread: no shared counter
+    equal_counts = np.zeros((threads, 2), dtype=np.int64)
     int_type = out.dtype.type
     abs_mask, inf_bits = int_type(np.iinfo(out.dtype).max), int_type(_BITS[dtype][1])
-    with NUMBA_LOCK:
-        numba.set_num_threads(n_workers)
-        select_chunks(models, base_np, has_base, resample, has_u, u, key, out, edges32, width, redraw_w, equal_w,
-                      abs_mask, inf_bits, counts, equal_counts)
+
+    address, size = out_t.data_ptr(), out_t.element_size()
+
+    def block(start: int, stop: int, slot: int) -> None:
+        page_release.populate(address + start * size, (stop - start) * size)
+        select_range(models, base_np, has_base, resample, has_u, u, key, out, start, stop, edges32, width, redraw_w,
+                     equal_w, abs_mask, inf_bits, counts[slot], equal_counts[slot])
+
+    workers.run_blocks(out.size, block, threads)
     picks = counts.sum(axis=0).tolist()
     before, after = (int(x) for x in equal_counts.sum(axis=0)) if has_base else (None, None)
     return out_t, picks, before, after

@@ -12,7 +12,6 @@ the CPU and moved to the device.
 from __future__ import annotations
 
 import hashlib
-import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,8 +19,6 @@ import numpy as np
 import torch
 
 from sftmerge.plugins.splitmix import GAMMA, MIX1, MIX2, SCALE
-# Numba's default threading layer must not be entered by two threads at once.
-NUMBA_LOCK = threading.Lock()
 
 
 def stream_key(seed: int, tensor_name: Optional[str]) -> int:
@@ -56,9 +53,12 @@ class Uniforms:
             from sftmerge.plugins.jit_kernels import fill_uniforms
         except ImportError:  # pragma: no cover  (numba missing: the numpy reference, slower)
             return torch.from_numpy(uniforms_numpy(self.key, self.numel))
+        from sftmerge.plugins import workers
+
         out = np.empty(self.numel, dtype=np.float32)
-        with NUMBA_LOCK:
-            fill_uniforms(np.uint64(self.key), out)
+        key = np.uint64(self.key)
+        workers.run_blocks(self.numel, lambda start, stop, _slot: fill_uniforms(key, out, start, stop),
+                           workers.threads_for(self.numel))
         return torch.from_numpy(out)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 import importlib.util
 
 import pytest
@@ -16,67 +15,63 @@ from sftmerge.eval.lm_eval_tasks import LM_TASKS_DIR, lm_eval_gsm8k_yaml
 from sftmerge.eval.tasks import EvalSettings
 
 
-class RecordingLM:
-    """Passes requests on to a real lm-eval LM and keeps the strings it was sent."""
-
-    def __init__(self, lm):
-        self.lm, self.sent = lm, []
-
-    def generate_until(self, requests, *args, **kwargs):
-        self.sent += [("generate_until", r.args[0]) for r in requests]
-        return self.lm.generate_until(requests, *args, **kwargs)
-
-    def loglikelihood(self, requests, *args, **kwargs):
-        self.sent += [("loglikelihood", r.args) for r in requests]
-        return self.lm.loglikelihood(requests, *args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.lm, name)
-
-
-def _recorded(model_dir, task, settings, workdir, backend="hf"):
-    """The requests task code sends to a real backend, in order."""
+def _recorded(model_dir, task, settings, workdir, monkeypatch, backend="hf"):
+    """What task code hands a real backend (the backends.py calls it makes), in order."""
+    from sftmerge.eval import backends
     from sftmerge.eval.tasks import runner
 
-    loaded = load_model(str(model_dir), backend, batch_size=4, seed=1234)
-    recorder = RecordingLM(loaded.lm)
-    runner(task)(dataclasses.replace(loaded, lm=recorder), settings, workdir)
-    return recorder.sent
+    sent = []
+
+    def recording(name):
+        real = getattr(backends, name)
+
+        def call(model, *args, **kwargs):
+            sent.append((name, args))
+            return real(model, *args, **kwargs)
+
+        return call
+
+    module = __import__(runner(task).__module__, fromlist=["_"])
+    for name in ("generate", "continuation_logprobs", "generate_and_score"):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, recording(name))
+    runner(task)(load_model(str(model_dir), backend, batch_size=4, seed=1234), settings, workdir)
+    return sent
 
 
-def test_arith_sends_the_chat_templated_problems_and_nothing_else(tiny_chat_model, tmp_path):
+def test_arith_sends_the_chat_templated_problems_and_nothing_else(tiny_chat_model, tmp_path, monkeypatch):
     """Prompts come from the model folder's tokenizer and the data, never from a backend."""
     from transformers import AutoTokenizer
 
     from sftmerge.data.pairs import load_pairs
 
-    sent = _recorded(tiny_chat_model, "arith", EvalSettings(limit=2, max_new_tokens=4), tmp_path)
+    sent = _recorded(tiny_chat_model, "arith", EvalSettings(limit=2, max_new_tokens=4), tmp_path, monkeypatch)
     tok = AutoTokenizer.from_pretrained(tiny_chat_model)
     pairs = load_pairs("arith", split="test", limit=2)
     prompts = [chat_prompt(tok, p.prompt) for p in pairs]
-    assert sent == ([("generate_until", p) for p in prompts]
-                    + [("loglikelihood", (p, pair.response)) for p, pair in zip(prompts, pairs)])
+    assert sent == [("generate_and_score", (prompts, [p.response for p in pairs], 4, []))]
     assert prompts[0].startswith("<|im_start|>system") and prompts[0].endswith("<|im_start|>assistant\n")
 
 
 @needs_shared_data
-def test_alpaca_sends_the_chat_templated_instructions(tiny_chat_model, tmp_path):
+def test_alpaca_sends_the_chat_templated_instructions(tiny_chat_model, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
     from sftmerge.eval.alpaca import load_prompts_and_references
 
-    sent = _recorded(tiny_chat_model, "alpaca", EvalSettings(limit=2, data_dir=SHARED_DATA, max_new_tokens=4), tmp_path)
+    sent = _recorded(tiny_chat_model, "alpaca", EvalSettings(limit=2, data_dir=SHARED_DATA, max_new_tokens=4),
+                     tmp_path, monkeypatch)
     tok = AutoTokenizer.from_pretrained(tiny_chat_model)
     prompts = load_prompts_and_references(SHARED_DATA)[0][:2]
-    assert sent == [("generate_until", chat_prompt(tok, p["instruction"])) for p in prompts]
+    assert sent == [("generate", ([chat_prompt(tok, p["instruction"]) for p in prompts], 4))]
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not vllm_usable(), reason="vLLM cannot run here (no GPU and no CPU build)")
-def test_vllm_and_hf_backends_receive_identical_requests(tiny_chat_model, tmp_path):
+def test_vllm_and_hf_backends_receive_identical_requests(tiny_chat_model, tmp_path, monkeypatch):
     settings = EvalSettings(limit=2, max_new_tokens=4)
-    assert (_recorded(tiny_chat_model, "arith", settings, tmp_path, "vllm")
-            == _recorded(tiny_chat_model, "arith", settings, tmp_path, "hf"))
+    assert (_recorded(tiny_chat_model, "arith", settings, tmp_path, monkeypatch, "vllm")
+            == _recorded(tiny_chat_model, "arith", settings, tmp_path, monkeypatch, "hf"))
 
 
 def test_chat_prompt_uses_the_models_template(tiny_chat_model):

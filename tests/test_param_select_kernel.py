@@ -104,23 +104,24 @@ def test_same_seed_same_output_other_seed_differs():
     assert not torch.equal(a, d)  # the tensor name is part of the draw
 
 
-def test_uniforms_are_splitmix64_and_do_not_depend_on_thread_count():
-    import numba
+def test_uniforms_are_splitmix64_and_do_not_depend_on_thread_count(monkeypatch):
     import numpy as np
 
+    from sftmerge.plugins import workers
     from sftmerge.plugins.uniforms import splitmix64_bits, uniforms_numpy
 
     # SplitMix64's published first output from state 0.
     assert int(splitmix64_bits(0, np.arange(1))[0]) == 0xE220A8397B1DCDAF
     stream = element_uniforms(3, "x", 1_000_003)
-    old = numba.get_num_threads()
+    monkeypatch.setattr(workers, "BLOCK", 40_009)  # many blocks, none aligned to anything
+    old = torch.get_num_threads()
     try:
-        numba.set_num_threads(1)
+        torch.set_num_threads(1)
         one = stream.tensor()
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        torch.set_num_threads(3)
         many = stream.tensor()
     finally:
-        numba.set_num_threads(old)
+        torch.set_num_threads(old)
     assert torch.equal(one, many)
     assert torch.equal(one, torch.from_numpy(uniforms_numpy(stream.key, stream.numel)))
     assert 0 <= float(one.min()) and float(one.max()) < 1 and abs(float(one.mean()) - 0.5) < 2e-3
@@ -232,3 +233,76 @@ def test_fused_cpu_kernel_is_bit_identical_to_the_torch_path(dtype, weights):
     # The inputs exercise the resampling rule: some elements redrawn, some left at the base.
     row = results["cpu"][1]
     assert row.equal_base_before > row.equal_base_after > 0
+
+
+@pytest.mark.parametrize("threads, block", [(1, None), (2, 997), (3, 4_096), (2, 70_000)])
+def test_fused_kernel_does_not_depend_on_threads_or_blocks(monkeypatch, threads, block):
+    """Blocks of any size on any number of threads: the same bits and the same report."""
+    from sftmerge.plugins import select_kernel, workers
+    from sftmerge.plugins.stats import SELECTION_STATS
+
+    if not select_kernel.available():
+        pytest.skip("numba is not installed")
+    base, models = _edge_case_inputs(torch.bfloat16, 3, n=150_001)
+    weights = [1.0, 2.0, 3.0]
+    u = element_uniforms(2, "t", base.numel())
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for n_threads, size in ((1, None), (threads, block)):
+            torch.set_num_threads(n_threads)
+            if size:
+                monkeypatch.setattr(workers, "BLOCK", size)
+            for with_base, resample in ((False, False), (True, False), (True, True)):
+                SELECTION_STATS.clear()
+                out = select_elements(models, weights, u, base=base if with_base else None, resample=resample,
+                                      tensor_name="t", kernel="cpu")
+                results.append((n_threads, size, out.view(torch.int16), SELECTION_STATS.tensors["t"]))
+    finally:
+        torch.set_num_threads(old)
+    single, split = results[:3], results[3:]
+    for a, b in zip(single, split):
+        assert torch.equal(a[2], b[2]) and a[3] == b[3]
+
+
+def test_a_failing_block_fails_the_call_and_leaves_the_threads_usable():
+    from sftmerge.plugins import workers
+
+    done = []
+
+    def fn(start, stop, slot):
+        if start == 30:
+            raise RuntimeError("block at 30")
+        done.append((start, stop))
+
+    with pytest.raises(RuntimeError, match="block at 30"):
+        workers.run_blocks(100, fn, threads=2, block=10)
+    assert (30, 40) not in done
+    seen = []
+    workers.run_blocks(95, lambda start, stop, slot: seen.append((start, stop, slot)), threads=2, block=10)
+    assert sorted(s[:2] for s in seen) == [(i, min(i + 10, 95)) for i in range(0, 95, 10)]
+    assert {s[2] for s in seen} <= {0, 1}
+
+
+def test_populate_allocates_a_fresh_buffers_pages_and_keeps_written_contents():
+    import ctypes
+    import mmap
+
+    from sftmerge.plugins import page_release
+
+    def rss_anon_kib():
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("RssAnon"))
+
+    size = 32 << 20
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # no page allocated yet
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    buf[:5] = b"kept!"  # one page written before
+    before = rss_anon_kib()
+    if not page_release.populate(address, size):
+        pytest.skip("MADV_POPULATE_WRITE is not available (Linux < 5.14)")
+    assert rss_anon_kib() - before > 0.9 * size // 1024  # the whole range is resident now
+    assert buf[:5] == b"kept!" and buf[size - 1] == 0
+    assert not page_release.populate(address + 1, 100)  # no whole page inside: nothing to do
+    del address
+    buf.close()

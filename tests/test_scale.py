@@ -1,9 +1,10 @@
 """Training at scale: precision and load dtype, the text format for bases without a chat
-template, concurrent `--order k` jobs on one run folder, DDP against one process, and
-the combinations refused before training."""
+template, concurrent `--order k` jobs on one run folder, and the combinations refused before
+training. Several processes (DDP, FSDP2) are in tests/test_distributed.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -33,6 +34,10 @@ def _no_chat_template(model: Path, folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def plain_base(tiny_chat_model, tmp_path_factory):
     return _no_chat_template(tiny_chat_model, tmp_path_factory.mktemp("plain") / "base")
+
+
+NEEDS_NO_DEEPSPEED = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None,
+                                        reason="deepspeed is installed: nothing to refuse")
 
 
 def tiny_config(base, out, **kw) -> SFTRunConfig:
@@ -75,6 +80,11 @@ def _cli_error(yaml_text: str, tmp_path: Path, env=None) -> str:
     ("l1: 0.001\n", {"ACCELERATE_USE_FSDP": "true"}, "l1 with fsdp is not supported"),
     ("l1: 0.001\n", {"ACCELERATE_USE_DEEPSPEED": "true"}, "l1 with deepspeed is not supported"),
     ("l1: 0.001\nsft_args: {fsdp: full_shard}\n", None, "l1 with fsdp is not supported"),
+    ("lora: true\n", {"ACCELERATE_USE_FSDP": "true"}, "lora with fsdp is not supported"),
+    pytest.param("", {"ACCELERATE_USE_DEEPSPEED": "true"}, "is not installed here: pip install deepspeed",
+                 marks=NEEDS_NO_DEEPSPEED),
+    pytest.param("sft_args: {deepspeed: train/accelerate/zero3.json}\n", None, "pip install deepspeed",
+                 marks=NEEDS_NO_DEEPSPEED),
     ("format: text\ntext_template: 'Q: {prompt}'\n", None, "text_template must hold {prompt} once and end with {response}"),
     ("format: text\ntext_template: '{response} {prompt}'\n", None, "must hold {prompt} once and end with {response}"),
     ("format: text\ntext_template: 'Q: {prompt {response}'\n", None, "text_template is not a format string"),
@@ -155,34 +165,3 @@ def test_concurrent_order_jobs_equal_the_sequential_run(tiny_chat_model, tmp_pat
         assert par == recipe.read_text().replace(str(tmp_path / "seq"), str(tmp_path / "par"))
     leftovers = [p.name for p in (tmp_path / "par").iterdir() if p.name.startswith(".") and p.name != ".sftmerge.lock"]
     assert leftovers == []
-
-
-# ---------------------------------------------------------------- DDP against one process
-
-
-@pytest.mark.slow
-def test_ddp_two_processes_match_one_process_of_the_same_global_batch(tiny_chat_model, tmp_path, clean_env):
-    """2 CPU processes over gloo x 2 samples each against 1 process x 4 samples: the same
-    global batches in the same order, so the same weights within float tolerance."""
-    one = tiny_config(tiny_chat_model, tmp_path / "one", orders=2, num_train_epochs=2)
-    run_multi_order(one, only=[1], echo=lambda _: None)
-    config = tmp_path / "c.yaml"
-    config.write_text(f"base: {tiny_chat_model}\ndata: arith\nnum_samples: 8\norders: 2\nnum_train_epochs: 2\n"
-                      f"per_device_train_batch_size: 2\nlearning_rate: 0.001\nlogging_steps: 1\nmax_length: 96\n"
-                      f"output_dir: {tmp_path / 'ddp'}\n")
-    proc = subprocess.run(
-        [tool("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", tool("sftmerge"), "train", "sft", str(config),
-         "--order", "1"],
-        capture_output=True, text=True, env={**clean_env, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "ddp" / "order-1" / "summary.json").read_text())
-    assert summary["processes"] == 2 and summary["steps"] == 4  # 8 samples x 2 epochs / global batch 4
-    order = json.loads((tmp_path / "ddp" / "order-1" / "order.json").read_text())
-    assert order["epochs"] == json.loads((tmp_path / "one" / "order-1" / "order.json").read_text())["epochs"]
-    a, b = weights(tmp_path / "one" / "order-1"), weights(tmp_path / "ddp" / "order-1")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
-    base = weights(tiny_chat_model)
-    assert any(not torch.allclose(a[n], base[n]) for n in a)  # training moved the weights: the match says something

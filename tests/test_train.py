@@ -370,34 +370,3 @@ def test_base_smollm2_is_cached_hf_folder(smollm2):
     tok = AutoTokenizer.from_pretrained(smollm2)
     text = tok.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False, add_generation_prompt=True)
     assert text.endswith("<|im_start|>assistant\n") and tok.eos_token == "<|im_end|>"
-
-
-@pytest.mark.slow
-def test_accelerate_launch_two_cpu_processes(tiny_base, tmp_path, clean_env):
-    """Two DDP processes on CPU (gloo), with the L1 delta penalty (PAFT's sparse SFT) on.
-    accelerate 1.x starts several CPU processes only through torchrun (`--multi_gpu`) or
-    MPI: `--cpu --num_processes 2` alone runs one process."""
-    config = tmp_path / "c.yaml"
-    config.write_text(f"base: {tiny_base}\ndata: arith\nnum_samples: 16\nnum_train_epochs: 1\n"
-                      f"per_device_train_batch_size: 2\nmax_length: 128\nlogging_steps: 1\nl1: 0.01\n"
-                      f"output_dir: {tmp_path / 'run'}\n")
-    clean_env = {**clean_env, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [tool("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", tool("sftmerge"), "train", "sft", str(config),
-         "--orders", "2", "--order", "1"],
-        capture_output=True, text=True, env=clean_env, timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("order-1:") == 1  # one summary line, from the main process
-    summary = json.loads((tmp_path / "run" / "order-1" / "summary.json").read_text())
-    assert summary["processes"] == 2 and summary["steps"] == 4  # 16 samples / (2 per device x 2 processes)
-    assert summary["l1"] == 0.01
-    log = [json.loads(x) for x in (tmp_path / "run" / "order-1" / "train_log.jsonl").read_text().splitlines()]
-    penalties = [r["l1_penalty"] for r in log if "l1_penalty" in r]
-    # Zero at the first step (the weights start at the base), then the delta's L1 norm grows.
-    assert len(penalties) == 4 and penalties[-1] > 0
-    order = json.loads((tmp_path / "run" / "order-1" / "order.json").read_text())
-    assert order["global_batch"] == 4
-    assert (tmp_path / "run" / "recipes" / "select.yml").is_file()
-    shutil.rmtree(tmp_path / "run")

@@ -1,5 +1,8 @@
 """The files that describe a finished order beside its weights: order.json, config.yaml,
-train_log.jsonl, sample_losses.jsonl (when a scorer is given) and summary.json."""
+train_log.jsonl, sample_losses.jsonl (when a scorer is given) and summary.json.
+
+Under several processes the per-sample losses are scored by all of them, a share of the rows
+each, and gathered; only the main process writes files."""
 
 from __future__ import annotations
 
@@ -42,16 +45,55 @@ class OrderOutcome:
     train_seconds: float
     start_step: int  # the step training resumed from (0: a fresh start)
     processes: int
+    distributed: Optional[Dict] = None  # how the main process held the parameters (trainers.parameter_layout)
 
 
-def write_records(outcome: OrderOutcome, folder: Path, dataset, score_samples: Optional[Scorer]) -> Dict:
+@dataclass
+class SampleScores:
+    """Each training row's loss under the final model, and under each kept snapshot (by step)."""
+
+    final: List[Dict]
+    at_step: Dict[str, List[Dict]]
+
+
+def score_on_every_process(score_samples: Scorer, folder: Path, dataset, state) -> List[Dict]:
+    """score_samples over `dataset`, each process taking a contiguous share of the rows; every
+    process gets all rows back, in row order. `folder` must be complete on every process's view."""
+    n, world, rank = len(dataset), state.num_processes, state.process_index
+    if world == 1:
+        return score_samples(folder, dataset)
+    from accelerate.utils import gather_object
+
+    lo, hi = rank * n // world, (rank + 1) * n // world
+    mine = score_samples(folder, dataset.select(range(lo, hi))) if hi > lo else []
+    rows = gather_object(mine)  # rank order, so row order
+    if len(rows) != n:
+        raise RuntimeError(f"{n} rows were scored as {len(rows)} across {world} processes")
+    return rows
+
+
+def score_order(score_samples: Scorer, folder: Path, dataset, at_checkpoints: bool, state) -> SampleScores:
+    """The final model's losses and, with `at_checkpoints`, each kept snapshot's: collective (every
+    process calls it and scores its share); call it after the folder and its snapshots are written."""
+    final = score_on_every_process(score_samples, folder, dataset, state)
+    at_step = {}
+    snapshots = RunLayout.snapshots(folder)
+    if at_checkpoints and snapshots.is_dir():
+        for snap in numbered(snapshots, STEP_PREFIX):
+            at_step[str(number_of(snap))] = score_on_every_process(score_samples, snap, dataset, state)
+    return SampleScores(final, at_step)
+
+
+def write_records(outcome: OrderOutcome, folder: Path, scores: Optional[SampleScores]) -> Dict:
     """Write every record of `outcome` into the order's model folder; returns the summary."""
     c, k = outcome.config, outcome.order
     write_json(folder / "order.json", order_record(outcome.epoch_orders, c.order_seed, k, c.order_mode,
                                                    outcome.global_batch, [p.id for p in outcome.pairs]))
     write_text(folder / "config.yaml", dump_config(c))
     write_text(folder / "train_log.jsonl", "".join(json.dumps(row) + "\n" for row in outcome.log_history))
-    losses = write_sample_losses(outcome, folder, dataset, score_samples) if score_samples else None
+    losses = scores.final if scores else None
+    if scores:
+        write_sample_losses(outcome, folder, scores)
 
     steps_done = outcome.steps - outcome.start_step
     tokens = sum(outcome.row_lengths) * c.num_train_epochs * steps_done / max(outcome.max_steps, 1)
@@ -71,6 +113,7 @@ def write_records(outcome: OrderOutcome, folder: Path, dataset, score_samples: O
         "precision": outcome.precision,
         "saved_dtype": str(outcome.saved_dtype).removeprefix("torch."),
         "processes": outcome.processes,
+        "distributed": outcome.distributed,
         "initial_weights_fingerprint": outcome.fingerprint,
         "lora": c.lora,
         "l1": c.l1,
@@ -82,21 +125,13 @@ def write_records(outcome: OrderOutcome, folder: Path, dataset, score_samples: O
     return summary
 
 
-def write_sample_losses(outcome: OrderOutcome, folder: Path, dataset, score_samples: Scorer) -> List[Dict]:
+def write_sample_losses(outcome: OrderOutcome, folder: Path, scores: SampleScores) -> None:
     """sample_losses.jsonl: each training sample's loss under the final model, by its first-epoch position."""
-    losses = score_samples(folder, dataset)
-    at_steps = {}
-    snapshots = RunLayout.snapshots(folder)
-    if outcome.config.sample_losses_at_checkpoints and snapshots.is_dir():
-        for snap in numbered(snapshots, STEP_PREFIX):
-            at_steps[str(number_of(snap))] = score_samples(snap, dataset)
     position = {idx: pos for pos, idx in enumerate(outcome.epoch_orders[0])}
     rows = []
-    for i, (pair, row) in enumerate(zip(outcome.pairs, losses)):
+    for i, (pair, row) in enumerate(zip(outcome.pairs, scores.final)):
         rec = {"sample": i, "id": pair.id, "position": position[i], "loss": row["loss"], "tokens": row["tokens"]}
-        if at_steps:
-            rec["loss_at_step"] = {step: vals[i]["loss"] for step, vals in at_steps.items()}
+        if scores.at_step:
+            rec["loss_at_step"] = {step: vals[i]["loss"] for step, vals in scores.at_step.items()}
         rows.append(rec)
     write_text(folder / SAMPLE_LOSSES_NAME, "".join(json.dumps(r) + "\n" for r in rows))
-    return losses
-

@@ -21,7 +21,7 @@ import fcntl
 import shutil
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import yaml
 
@@ -76,18 +76,39 @@ def prepare_run(config: SFTRunConfig, echo: Callable[[str], None] = print) -> Ru
 def write_run_recipes(run: RunLayout, config: SFTRunConfig) -> None:
     """RUN/recipes/<method>.yml for the K orders (K >= 2), each written only where it is
     missing or differs, under the run's lock."""
-    from sftmerge.merge.recipes import METHODS, render
+    from sftmerge.merge.recipes import DEFAULT_SEED, METHODS
 
-    K = config.orders
-    if K < 2:
+    made_by = f"Made by `sftmerge train sft` for the run {run.root} (K = {config.orders})."
+    _write_recipes(run, config, {m: (m, DEFAULT_SEED) for m in METHODS}, made_by)
+
+
+def write_seed_recipes(run: RunLayout, config: SFTRunConfig, methods: Sequence[str],
+                       seeds: Sequence[int]) -> List[str]:
+    """RUN/recipes/<method>-seed<s>.yml: each seeded method of `methods` with each seed of
+    `seeds` other than the default recipes' (which RUN/recipes/<method>.yml already has).
+    Returns the recipe names, method by method."""
+    from sftmerge.merge.recipes import SEEDED_METHODS, seeded_name
+
+    named = {seeded_name(m, s): (m, s) for m in methods if m in SEEDED_METHODS for s in seeds}
+    named = {n: ms for n, ms in named.items() if n != ms[0]}
+    made_by = f"Made by `sftmerge demo` for the run {run.root} (K = {config.orders}): merge-seed spread."
+    _write_recipes(run, config, named, made_by)
+    return list(named)
+
+
+def _write_recipes(run: RunLayout, config: SFTRunConfig, named: Dict[str, Tuple[str, int]], made_by: str) -> None:
+    """RUN/recipes/<name>.yml = (method, seed) over the K orders, each written only where it is
+    missing or differs, under the run's lock; nothing for K < 2."""
+    from sftmerge.merge.recipes import render
+
+    if config.orders < 2:
         return
-    models = [str(run.order(i)) for i in range(K)]
-    made_by = f"Made by `sftmerge train sft` for the run {run.root} (K = {K})."
+    models = [str(run.order(i)) for i in range(config.orders)]
     with run_lock(run):
         run.recipes.mkdir(parents=True, exist_ok=True)
-        for method in METHODS:
-            path = run.recipe(method)
-            write_if_changed(path, render(method, config.base, models, made_by=made_by, path=str(path)))
+        for name, (method, seed) in named.items():
+            path = run.recipe(name)
+            write_if_changed(path, render(method, config.base, models, seed, made_by=made_by, path=str(path)))
 
 
 def settings_differ(run: RunLayout, config: SFTRunConfig) -> List[str]:

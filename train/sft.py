@@ -8,16 +8,22 @@ and resumes an interrupted one from its newest complete checkpoint. Runs under
 batches, and only the main process writes the run folder's files.
 
 Per-sample losses are an evaluation: the caller hands in `score_samples`
-(sftmerge.eval.losses.sample_losses) and training calls it on each finished order.
+(sftmerge.eval.losses.sample_losses) and training calls it on each finished order, from
+the saved folder; under several processes each scores a share of the samples and the main
+process gathers them. Under FSDP/DeepSpeed the saved model and the kept snapshots are
+gathered by every process (collective) and written by the main one.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
 
 from sftmerge.data.pairs import Pair, load_pairs
 from sftmerge.errors import SftmergeError
@@ -29,7 +35,7 @@ from sftmerge.train.config import SFTRunConfig
 from sftmerge.train.fingerprint import weights_fingerprint
 from sftmerge.train.hardware import check_precision, process_state, resolve_precision, weights_dtype
 from sftmerge.train.order import epoch_orders
-from sftmerge.train.records import OrderOutcome, Scorer, write_records
+from sftmerge.train.records import OrderOutcome, Scorer, score_order, write_records
 from sftmerge.train.run_folder import prepare_run, write_run_recipes
 from sftmerge.train.saving import merged_copy, save_hf_folder
 from sftmerge.train.strategy import check_strategy
@@ -75,10 +81,6 @@ def _publish(staged: Path, final: Path, work: Path) -> None:
 def train_order(config: SFTRunConfig, k: int, pairs: Sequence[Pair], run: RunLayout, callbacks: Sequence = (),
                 score_samples: Optional[Scorer] = None, echo: Callable[[str], None] = print) -> Dict:
     """Train order k into RUN/order-k/ (resuming its work folder if there is one)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from sftmerge.train.trainers import OrderedSFTTrainer, Snapshots
-
     state = process_state()
     work, final = run.order_work(k), run.order(k)
     staged = work / STAGED
@@ -87,6 +89,42 @@ def train_order(config: SFTRunConfig, k: int, pairs: Sequence[Pair], run: RunLay
         staged.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
 
+    outcome, dataset = _fit(config, k, pairs, work, staged, callbacks, echo, state)
+    # Each process loads the saved folder and scores a share of the samples; the main process gets them all.
+    _whole_models_again()
+    scores = score_order(score_samples, staged, dataset, config.sample_losses_at_checkpoints, state) \
+        if score_samples else None
+    if state.is_main_process:
+        write_records(outcome, staged, scores)
+        _publish(staged, final, work)
+    state.wait_for_everyone()
+    return json.loads(RunLayout.summary(final).read_text())
+
+
+def _whole_models_again() -> None:
+    """Release what a finished trainer left (its model, shards and optimizer state are unreferenced
+    by then), and stop transformers from partitioning the models it loads next: once a ZeRO-3
+    trainer has run in this process, DeepSpeed's config stays registered and from_pretrained
+    would load the base (its fingerprint included) and the scorer's model as empty ZeRO-3
+    partitions. A fresh process loads them whole; so does this one after an earlier order or
+    an interrupted run. Each trainer registers the config again for its own training."""
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    unset_hf_deepspeed_config()
+
+
+def _fit(config: SFTRunConfig, k: int, pairs: Sequence[Pair], work: Path, staged: Path, callbacks: Sequence,
+         echo: Callable[[str], None], state) -> Tuple[OrderOutcome, object]:
+    """Train (or resume) order k and save the model into `staged` (gathered by every process,
+    written by the main one); returns the outcome and the prepared training dataset."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftmerge.train.trainers import OrderedSFTTrainer, ParameterLayout, Snapshots, parameter_layout
+
+    _whole_models_again()
     precision = resolve_precision(config.precision)
     saved_dtype = base_dtype(config.base)
     tokenizer = AutoTokenizer.from_pretrained(config.base)
@@ -112,6 +150,8 @@ def train_order(config: SFTRunConfig, k: int, pairs: Sequence[Pair], run: RunLay
         raise SftmergeError(f"order {k}: {len(pairs)} pairs became {len(trainer.train_dataset)} training rows")
     if config.keep_checkpoint_steps:
         trainer.add_callback(Snapshots(trainer, staged, config.keep_checkpoint_steps, saved_dtype, tokenizer))
+    layout = ParameterLayout(trainer.accelerator)
+    trainer.add_callback(layout)
 
     resume, start_step = resume_point(work / "trainer", tidy=state.is_main_process, echo=echo)
     state.wait_for_everyone()
@@ -119,25 +159,26 @@ def train_order(config: SFTRunConfig, k: int, pairs: Sequence[Pair], run: RunLay
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - t0
 
-    full_sd = trainer.accelerator.get_state_dict(trainer.model)  # collective under FSDP/DeepSpeed
+    # Collective under FSDP/DeepSpeed; DeepSpeed needs its engine (model_wrapped), not the module.
+    full_sd = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if state.is_main_process:
         model = trainer.accelerator.unwrap_model(trainer.model)
         if config.lora:
             save_hf_folder(merged_copy(model), staged, saved_dtype, tokenizer)
         else:
             save_hf_folder(model, staged, saved_dtype, tokenizer, state_dict=full_sd)
-        outcome = OrderOutcome(
-            config=config, order=k, pairs=pairs, epoch_orders=orders, global_batch=global_batch,
-            fingerprint=fingerprint, precision=precision, saved_dtype=saved_dtype,
-            row_lengths=[len(x) for x in trainer.train_dataset["input_ids"]],
-            log_history=trainer.state.log_history, steps=trainer.state.global_step,
-            max_steps=trainer.state.max_steps, train_seconds=result.metrics.get("train_runtime", seconds),
-            start_step=start_step, processes=trainer.accelerator.num_processes,
-        )
-        write_records(outcome, staged, trainer.train_dataset, score_samples)
-        _publish(staged, final, work)
-    state.wait_for_everyone()
-    return json.loads(RunLayout.summary(final).read_text())
+    del full_sd
+    outcome = OrderOutcome(
+        config=config, order=k, pairs=pairs, epoch_orders=orders, global_batch=global_batch,
+        fingerprint=fingerprint, precision=precision, saved_dtype=saved_dtype,
+        row_lengths=[len(x) for x in trainer.train_dataset["input_ids"]],
+        log_history=trainer.state.log_history, steps=trainer.state.global_step,
+        max_steps=trainer.state.max_steps, train_seconds=result.metrics.get("train_runtime", seconds),
+        start_step=start_step, processes=trainer.accelerator.num_processes,
+        distributed=layout.layout or parameter_layout(trainer.model, trainer.accelerator),
+    )
+    state.wait_for_everyone()  # the folder is complete before any process reads it back
+    return outcome, trainer.train_dataset
 
 
 def summary_line(s: Dict, folder: Path) -> str:

@@ -9,6 +9,7 @@ saved model and the snapshots do, collectively) or be refused before training st
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Optional
 
@@ -36,9 +37,16 @@ def check_strategy(config) -> None:
 
     The L1 term keeps a copy of each whole base parameter and is added to every process's
     loss; with sharded parameters both would be wrong (a rank's copy would not match its
-    shard), so it runs under DDP or on one process only.
+    shard), so it runs under DDP or on one process only. LoRA adapters are merged into the
+    whole weights by the main process alone, which FSDP's shards do not allow.
     """
     strategy = sharding(config)
     if strategy and getattr(config, "l1", 0):
         raise SftmergeError(f"l1 with {strategy} is not supported (the L1 term needs whole parameters on every "
                             "process): train it with DDP or on one process")
+    if strategy == "fsdp" and getattr(config, "lora", False):
+        raise SftmergeError("lora with fsdp is not supported (the adapters are merged into whole weights on the "
+                            "main process): train it with DDP or on one process")
+    if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise SftmergeError("deepspeed was asked for but is not installed here: pip install deepspeed "
+                            "(on the GPU machine), or launch with ddp.yaml or fsdp.yaml")

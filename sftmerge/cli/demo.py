@@ -26,11 +26,17 @@ TRAIN_FLAGS_LEFT_OUT = ("seed",)  # --seed is the paired bootstrap's seed here
 @click.option("--allow-weak-sandbox", is_flag=True,
               help="Run model-written code even without bubblewrap (weaker isolation; docs/security.md).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the paired bootstrap intervals.")
+@click.option("--ensemble/--no-ensemble", default=True, show_default=True,
+              help="Score the output ensemble of the K sub-models (mean next-token log-probabilities) as a row.")
+@click.option("--merge-seeds", type=int, default=3, show_default=True,
+              help="Recipe seeds for select and resample (42, 43, ...): the merge-seed spread (1: one seed).")
+@click.option("--compute-matched/--no-compute-matched", default=False, show_default=True,
+              help="Also train one data order for K x the epochs (doubles the training) and score it as a row.")
 # Training: the config's fields (`--k`/--orders, --epochs, --out, --checkpoint-steps: snapshots and figure 4, ...);
 # the training seed is the config's `seed` key, since --seed is the bootstrap's.
 @config_options(SFTRunConfig, exclude=TRAIN_FLAGS_LEFT_OUT)
 def demo_command(config, merges, eval_limit, max_new_tokens, data_dir, backend, batch_size, allow_code_execution,
-                 allow_weak_sandbox, seed, **knobs) -> None:
+                 allow_weak_sandbox, seed, ensemble, merge_seeds, compute_matched, **knobs) -> None:
     """Base -> K order runs -> merges (stock mergekit-yaml) -> evaluation -> diagnostics -> RUN/REPORT.md.
 
     A rerun skips finished stages (and finished orders, merges and evaluations inside them).
@@ -47,7 +53,8 @@ def demo_command(config, merges, eval_limit, max_new_tokens, data_dir, backend, 
         overrides=take_overrides(SFTRunConfig, knobs, exclude=TRAIN_FLAGS_LEFT_OUT),
         merges=chosen, eval_limit=eval_limit or None, max_new_tokens=max_new_tokens, data_dir=data_dir, backend=backend,
         batch_size=batch_size, allow_code_execution=allow_code_execution,
-        allow_weak_sandbox=allow_weak_sandbox, seed=seed,
+        allow_weak_sandbox=allow_weak_sandbox, seed=seed, ensemble=ensemble, merge_seeds=merge_seeds,
+        compute_matched=compute_matched,
     )
     report = run_demo(settings, echo=click.echo)
     click.echo(f"report: {report}")

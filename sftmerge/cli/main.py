@@ -87,6 +87,8 @@ LAZY = {
              ("trl", "gguf", "lm_eval", "matplotlib")),
     "recipe": ("sftmerge.hub.push:recipe_group", "Recipes on the Hub: pull a shared merge's recipe into recipes/.", ()),
     "toy-models": ("sftmerge.cli.toy:toy_models", "Write a tiny synthetic family (base + K sub-models) and its recipes.", ()),
+    "results": ("sftmerge.cli.results:results",
+                "Keep a run's result files (no weights) and render the README's tables from them.", ()),
     "plan": ("sftmerge.cli.plan:plan_command",
              "Memory per GPU and time per order of a training config, from the model's config alone.", ()),
 }

@@ -47,6 +47,20 @@ METHODS = tuple(_HEADERS)
 # What `sftmerge demo` merges by default: the paper's baseline, its method with and
 # without resampling, and TIES for reference (dare_ties needs mergekit's global seed).
 DEMO_METHODS = ("average", "select", "resample", "ties")
+# Methods whose merge depends on the recipe's own seed (param_select's draw): the demo merges
+# them with several seeds to show the spread. average and ties draw nothing.
+SEEDED_METHODS = ("select", "resample")
+SEED_MARK = "-seed"  # select-seed43: `select` with recipe seed 43
+
+
+def spread_seeds(n: int, first: int = DEFAULT_SEED) -> List[int]:
+    """The recipe seeds of an n-seed spread: the default recipes' seed, then the next ones."""
+    return [first + i for i in range(n)]
+
+
+def seeded_name(method: str, seed: int) -> str:
+    """Recipe and merge name of `method` with recipe seed `seed`; the plain name for the default seed."""
+    return method if seed == DEFAULT_SEED else f"{method}{SEED_MARK}{seed}"
 
 
 def recipe(method: str, base: str, models: Sequence[str], seed: int = DEFAULT_SEED) -> Dict:

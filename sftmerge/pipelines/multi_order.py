@@ -4,11 +4,14 @@ Every stage checks what already exists and skips it, so a rerun resumes where th
 one stopped: training skips finished orders (and resumes an interrupted one), a merge
 folder appears only when mergekit finished it, an evaluation result file only when its
 task finished. Stage times are kept in RUN/stages.json; the report is rewritten last.
+Beside the merges, the controls of pipelines/controls.py: the output ensemble, the
+merge-seed spread, and (when asked for) the compute-matched single model.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +22,14 @@ from sftmerge.errors import SftmergeError
 from sftmerge.io.fsutil import write_json
 from sftmerge.io.layout import MODEL_CONFIG, RunLayout, is_model_folder
 from sftmerge.merge.recipes import DEMO_METHODS, METHODS
+from sftmerge.pipelines.controls import (COMPUTE_MATCHED, eval_controls, evaluated, record_stock_merge, seed_merges,
+                                         train_compute_matched)
 
 MERGES = DEMO_METHODS  # recipe names of sftmerge.merge.recipes
 STAGES = ("base", "train", "merge", "eval", "imbalance", "report")
+# Stock mergekit-yaml runs at once: each spends much of its time importing torch and mergekit
+# on one core, so two overlap well on a small machine.
+STOCK_WORKERS = 2
 
 
 @dataclass
@@ -37,6 +45,13 @@ class DemoSettings:
     allow_code_execution: bool = False
     allow_weak_sandbox: bool = False  # run code without bubblewrap (docs/security.md)
     seed: int = 0  # paired bootstrap seed (recorded in the report)
+    ensemble: bool = True  # the output ensemble of the K sub-models as a row
+    merge_seeds: int = 3  # recipe seeds of each seeded merge (select, resample): 42, 43, ...
+    compute_matched: bool = False  # one order trained K x the epochs (doubles the training)
+
+    def all_merges(self) -> List[str]:
+        """The merges, then the seed-spread merges of the seeded ones."""
+        return [*self.merges, *seed_merges(self.merges, self.merge_seeds)]
 
     def eval_settings(self):
         from sftmerge.eval.tasks import EvalSettings
@@ -66,7 +81,7 @@ def stage_base(config) -> StageResult:
     return StageResult(False, "given")
 
 
-def stage_train(config, echo) -> StageResult:
+def stage_train(config, echo, compute_matched: bool = False) -> StageResult:
     from sftmerge.eval.losses import sample_losses
     from sftmerge.train.sft import run_multi_order
 
@@ -74,22 +89,44 @@ def stage_train(config, echo) -> StageResult:
     before = sum(run.order_summary(k).is_file() for k in range(config.orders))
     run_multi_order(config, echo=echo, score_samples=sample_losses)
     new = config.orders - before
-    return StageResult(new > 0, f"{new} new, {before} already there")
+    message = f"{new} new, {before} already there"
+    if compute_matched:
+        trained = train_compute_matched(config, echo)
+        message += f"; {COMPUTE_MATCHED}: {'trained' if trained else 'already there'}"
+        new += trained
+    return StageResult(new > 0, message)
 
 
-def stage_merge(run: RunLayout, merges, echo) -> StageResult:
-    """Each recipe of RUN/recipes/ through the stock mergekit-yaml into RUN/merged/<name>/."""
-    from tqdm.auto import tqdm
+def stage_merge(run: RunLayout, merges, echo, in_process=()) -> StageResult:
+    """Each recipe of RUN/recipes/ through the stock mergekit-yaml into RUN/merged/<name>/, up to
+    STOCK_WORKERS at once; those of `in_process` (the seed spread) by the merge driver in this process."""
+    from concurrent.futures import ThreadPoolExecutor
 
     from sftmerge.merge.stock import mergekit_yaml
+    from sftmerge.pipelines.controls import MERGEKIT_RANDOM_SEED, merge_in_process
 
-    done = 0
-    for name in tqdm(merges, desc="merging (mergekit-yaml)", unit="merge"):
+    def timed(merge, name: str):
         t0 = time.time()
-        target = run.merged(name)
-        if mergekit_yaml(run.recipe(name), target):
+        return name, merge(name), time.time() - t0
+
+    def stock(name: str) -> bool:
+        made = mergekit_yaml(run.recipe(name), run.merged(name), random_seed=MERGEKIT_RANDOM_SEED)
+        record_stock_merge(run, name)
+        return made
+
+    outside = [m for m in merges if m not in in_process]
+    workers = max(1, min(STOCK_WORKERS, os.cpu_count() or 1, len(outside)))
+    echo(f"merging {len(merges)} recipes: {len(outside)} by the stock mergekit-yaml ({workers} at a time), "
+         f"{len(merges) - len(outside)} in this process")
+    with ThreadPoolExecutor(workers) as pool:  # a failure surfaces once the running merges end
+        finished = list(pool.map(lambda name: timed(stock, name), outside))
+    finished += [timed(lambda name: merge_in_process(run, name), m) for m in merges if m in in_process]
+    done = 0
+    for name, made, seconds in finished:
+        if made:
             done += 1
-            echo(f"merged {name} in {time.time() - t0:.0f}s -> {target}")
+            how = "the merge driver, in this process" if name in in_process else "mergekit-yaml"
+            echo(f"merged {name} by {how} in {seconds:.0f}s -> {run.merged(name)}")
     return StageResult(done > 0, f"{done} new, {len(merges) - done} already there")
 
 
@@ -97,30 +134,31 @@ def models_of(run: RunLayout, merges) -> List[str]:
     return [str(p) for p in run.orders()] + [str(run.merged(m)) for m in merges]
 
 
-def stage_eval(run: RunLayout, task: str, settings: DemoSettings, base: str, echo) -> StageResult:
+def stage_eval(run: RunLayout, task: str, settings: DemoSettings, config, echo) -> StageResult:
     from sftmerge.eval.backends import resolve_backend
     from sftmerge.eval.runner import evaluate_models
     from sftmerge.eval.summary import write_summary
 
     ev = settings.eval_settings()
+    backend = resolve_backend(settings.backend)
     # The base on the same problems: the reference that shows what fine-tuning bought.
-    models = [base, *models_of(run, settings.merges)]
-    todo = [m for m in models if not _evaluated(run.eval_result(Path(m).name, task), ev)]
+    models = [config.base, *models_of(run, settings.all_merges())]
+    todo = [m for m in models if not evaluated(run.eval_result(Path(m).name, task), ev)]
     if todo:
-        failures = evaluate_models(todo, [task], ev, resolve_backend(settings.backend), run.eval_root, echo=echo)
+        failures = evaluate_models(todo, [task], ev, backend, run.eval_root, echo=echo)
         if failures:
             raise SftmergeError(f"evaluation failed: {'; '.join(failures)}")
+    controls = eval_controls(run, task, settings, config, backend, echo)
     write_summary(run.eval_root)
-    return StageResult(bool(todo), f"{len(todo)} evaluated, {len(models) - len(todo)} already there")
+    n = len(todo) + len(controls)
+    return StageResult(n > 0, f"{n} evaluated, {len(models) + len(_controls(settings, task)) - n} already there")
 
 
-def _evaluated(result: Path, ev) -> bool:
-    """A result file exists and was made with the requested problem count and generation length."""
-    if not result.is_file():
-        return False
-    done = json.loads(result.read_text()).get("settings", {})
-    return ((ev.limit is None or done.get("limit") == ev.limit)
-            and (ev.max_new_tokens is None or done.get("max_new_tokens") == ev.max_new_tokens))
+def _controls(settings: DemoSettings, task: str) -> List[str]:
+    from sftmerge.eval.ensemble import ENSEMBLE, supports
+
+    return [m for m, on in ((ENSEMBLE, settings.ensemble and supports(task)),
+                            (COMPUTE_MATCHED, settings.compute_matched)) if on]
 
 
 def stage_imbalance(run: RunLayout, merges, config, limit: Optional[int]) -> StageResult:
@@ -141,6 +179,15 @@ def stage_imbalance(run: RunLayout, merges, config, limit: Optional[int]) -> Sta
     return StageResult(bool(did), f"{' and '.join(did)} written" if did else "already there")
 
 
+def _with_seed_recipes(run: RunLayout, config, settings: DemoSettings) -> List[str]:
+    """RUN/recipes/ gets the seed-spread recipes; returns every merge to make."""
+    from sftmerge.merge.recipes import spread_seeds
+    from sftmerge.train.run_folder import write_seed_recipes
+
+    write_seed_recipes(run, config, settings.merges, spread_seeds(settings.merge_seeds))
+    return settings.all_merges()
+
+
 def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Path:
     """All stages in order; returns the report's path."""
     from sftmerge.pipelines.report import machine, write_report
@@ -155,6 +202,8 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Pat
     unknown = [m for m in settings.merges if m not in METHODS]
     if unknown:
         raise SftmergeError(f"unknown merge {unknown[0]!r} (known: {', '.join(METHODS)})")
+    if settings.merge_seeds < 1:
+        raise SftmergeError(f"--merge-seeds must be at least 1 (got {settings.merge_seeds})")
     data_name = config.data.split(":")[0]
     if data_name not in TRAINING:
         raise SftmergeError(f"no evaluation task for data {config.data!r} (known: {', '.join(TRAINING)})")
@@ -171,11 +220,12 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Pat
     times = json.loads(run.stages.read_text()) if run.stages.is_file() else {}
     steps = {
         "base": lambda: stage_base(config),
-        "train": lambda: stage_train(config, echo),
-        "merge": lambda: stage_merge(run, settings.merges, echo),
-        "eval": lambda: stage_eval(run, task, settings, config.base, echo),
+        "train": lambda: stage_train(config, echo, settings.compute_matched),
+        "merge": lambda: stage_merge(run, _with_seed_recipes(run, config, settings), echo,
+                                     in_process=seed_merges(settings.merges, settings.merge_seeds)),
+        "eval": lambda: stage_eval(run, task, settings, config, echo),
         "imbalance": lambda: stage_imbalance(run, settings.merges, config, settings.eval_limit),
-        "report": lambda: StageResult(True, str(write_report(run.root, task, settings, times, machine()))),
+        "report": lambda: StageResult(True, str(write_report(run.root, task, settings, times, machine(), config))),
     }
     for i, stage in enumerate(STAGES, 1):
         echo(f"[{i}/{len(STAGES)}] {stage} ...")

@@ -25,34 +25,56 @@ def machine() -> Dict:
 
 
 def paired_rows(run: Path, task: str, singles: List[str], merges: List[str], seed: int,
-                keys=("correct", "loss")) -> List[Dict]:
+                keys=("correct", "loss"), within: bool = True) -> List[Dict]:
     """Every merge vs every single model and vs every other merge, from RUN/eval (eval/paired_table.py)."""
     from sftmerge.eval.paired_table import paired_rows as rows_of
 
-    return rows_of(RunLayout(run).eval_root, task, singles, merges, seed, keys)
+    return rows_of(RunLayout(run).eval_root, task, singles, merges, seed, keys, within)
 
 
-def write_report(run: Path, task: str, settings, times: Dict, host: Dict) -> Path:
+def write_report(run: Path, task: str, settings, times: Dict, host: Dict, config) -> Path:
+    from sftmerge.eval.ensemble import ENSEMBLE
+    from sftmerge.eval.paired_table import best_single
     from sftmerge.eval.summary import collect, markdown, table
+    from sftmerge.pipelines.controls import COMPUTE_MATCHED, evaluated, seed_variants
+    from sftmerge.pipelines.report_controls import legend_lines, model_order, seeds_lines, spread_lines
 
     layout = RunLayout(run)
     rows = [r for r in collect(layout.eval_root) if r["task"] == task]
     t = table(rows)
     merges = [m for m in settings.merges if m in t["models"]]
+    variants = seed_variants(merges, settings.merge_seeds)
     singles = [m for m in t["models"] if is_order_name(m)]
-    base_name = next((m for m in t["models"] if m not in singles and m not in merges), "not evaluated")
-    keys = ["correct", "loss", *dict.fromkeys(m for r in rows for m in r["metrics"])]
-    paired = paired_rows(run, task, singles, merges, settings.seed, tuple(dict.fromkeys(keys)))
-    write_json(layout.paired, paired)
+    base_name = Path(config.base).resolve().name  # as evaluation names a model: its folder's name
+    base_name = base_name if base_name in t["models"] else "not evaluated"
+    t["models"] = model_order(t["models"], base_name, singles, merges, variants)
+    rows.sort(key=lambda r: t["models"].index(r["model_name"]))
+    keys = tuple(dict.fromkeys(["correct", "loss", *(m for r in rows for m in r["metrics"])]))
+    # Merges and the ensemble against the sub-models and the compute-matched single, and each other;
+    # each seed's merge of the spread against the best sub-model.
+    # A control is paired when its result is one of this run's settings (not left by an earlier run).
+    ok = [m for m in (ENSEMBLE, COMPUTE_MATCHED)
+          if m in t["models"] and evaluated(layout.eval_result(m, task), settings.eval_settings())]
+    a_side = merges + [m for m in ok if m == ENSEMBLE]
+    b_side = singles + [m for m in ok if m == COMPUTE_MATCHED]
+    paired = paired_rows(run, task, b_side, a_side, settings.seed, keys)
+    best = best_single(t, task, singles)
+    spread_names = [v for vs in variants.values() for v in vs if v in t["models"]]
+    spread = paired_rows(run, task, [best], spread_names, settings.seed, keys, within=False) if best else []
+    write_json(layout.paired, paired + spread)
     spearman = json.loads((layout.imbalance / "spearman.json").read_text())
 
     lines = [f"# {run.name}: multi-order SFT and merging", "",
              f"{len(singles)} sub-models (same base and settings, different data orders) and their merges "
              f"({', '.join(merges)}) through the stock `mergekit-yaml`, evaluated on `{task}`; "
-             f"the base model (`{base_name}`) on the same problems for reference.", "",
+             f"the base model (`{base_name}`) on the same problems for reference. Controls (below the table): "
+             "the output ensemble of the sub-models, the seeded merges with more recipe seeds (merged by "
+             "`sftmerge merge`'s driver in this process), one data order trained K x the epochs.", "",
              "## Results", ""]
     lines += markdown(t, rows).splitlines()[2:]
-    lines += ["", "## Paired comparisons", "",
+    lines += ["", "Controls:", ""] + legend_lines(layout, task, settings, config, t["models"], variants) + [""]
+    lines += spread_lines(layout, t, task, variants, best, paired + spread)
+    lines += ["## Paired comparisons", "",
               "Same problems for both models. Exact match: difference in accuracy, paired bootstrap 95% interval "
               f"(2000 resamples, seed {settings.seed}), McNemar exact p-value. Held-out loss: mean per-problem "
               "difference, t interval, paired t p-value (negative = A has the lower loss). **Bold**: the interval "
@@ -69,9 +91,12 @@ def write_report(run: Path, task: str, settings, times: Dict, host: Dict) -> Pat
     if (layout.steps / "steps.png").is_file():
         lines += ["Held-out loss against training step, single runs and the `select` merge of their same-step "
                   "checkpoints:", "", "![loss vs step](steps/steps.png)", ""]
+    lines += seeds_lines(layout, settings, config, [*merges, *spread_names])
     lines += ["## Recipes", ""]
     for m in merges:
         lines += [f"`recipes/{m}.yml`:", "", "```yaml", layout.recipe(m).read_text().rstrip(), "```", ""]
+    if spread_names:
+        lines += [f"{', '.join(f'`recipes/{v}.yml`' for v in spread_names)}: the same recipes with their own seed.", ""]
     lines += ["## Stage times", "", "| stage | seconds | what |", "|---|---|---|"]
     lines += [f"| {k} | {v['seconds']:.1f} | {v['result']} |" for k, v in times.items()]
     lines += ["", "## Machine", ""] + [f"- {k}: {v}" for k, v in host.items()]

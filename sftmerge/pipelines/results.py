@@ -1,0 +1,182 @@
+"""Results kept as files (docs/results/<run>/) and the README tables rendered from them.
+
+`keep` copies a run's small result files (evaluation results and per-sample scores,
+summaries, paired tests, stage times, report, figures, configs and training records;
+never weights) into a folder that can be committed. `render_readme` rewrites every
+block of the README between
+
+    <!-- results FOLDER KIND [key=value ...] -->
+    ...
+    <!-- /results -->
+
+from the files in FOLDER, so a table can only say what the kept files say; `--check`
+(used by the test suite) fails when the README and the files disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+from sftmerge.errors import SftmergeError
+from sftmerge.io.fsutil import atomic_output_dir, write_text
+
+# What a kept run may hold: small text and figure files. Anything else (weights, tokenizers'
+# binaries, optimizer states) stays behind, and so do folders of training checkpoints.
+KEPT_SUFFIXES = (".json", ".jsonl", ".md", ".png", ".yaml", ".yml", ".csv", ".txt")
+SKIPPED_DIRS = ("checkpoints", "trainer", "merged")  # model folders' insides; merges keep their report only
+SKIPPED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+                 "config.json", "model.safetensors.index.json", "chat_template.jinja", "vocab.json")
+MAX_FILE_BYTES = 2_000_000
+KEPT_FROM_MERGES = ("merge_report.json", "README.md", "mergekit_config.yml")
+
+BLOCK = re.compile(r"(<!-- results (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+
+
+def _kept(path: Path, root: Path) -> bool:
+    rel = path.relative_to(root)
+    if any(part.startswith(".") for part in rel.parts):
+        return False  # work folders, locks, markers
+    if rel.parts[0] == "merged":
+        return len(rel.parts) == 3 and rel.name in KEPT_FROM_MERGES
+    if any(part in SKIPPED_DIRS for part in rel.parts[:-1]):
+        return False
+    return (path.suffix in KEPT_SUFFIXES and path.name not in SKIPPED_FILES
+            and path.stat().st_size <= MAX_FILE_BYTES)
+
+
+def keep(run: str, dest: str, overwrite: bool = False) -> List[Path]:
+    """Copy RUN's result files into DEST (replaced as a whole, only once complete); returns what was copied."""
+    root = Path(run)
+    if not root.is_dir():
+        raise SftmergeError(f"run folder {run} not found")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and _kept(p, root))
+    if not files:
+        raise SftmergeError(f"run folder {run} has no result files to keep")
+    with atomic_output_dir(dest, overwrite=overwrite, inputs=[root]) as tmp:
+        for p in files:
+            target = tmp / p.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, target)
+    return [Path(dest) / p.relative_to(root) for p in files]
+
+
+# --- rendering -------------------------------------------------------------------------
+
+
+def _load(folder: Path, name: str):
+    path = folder / name
+    if not path.is_file():
+        raise SftmergeError(f"results {folder}: {name} not found")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _cell(cell) -> str:
+    if not cell or cell.get("value") is None:
+        return "-"
+    text = f"{cell['value']:.3f}"
+    if cell.get("ci95"):
+        text += f" [{cell['ci95'][0]:.3f}, {cell['ci95'][1]:.3f}]"
+    return text
+
+
+def _names(value: str) -> List[str]:
+    return [v for v in value.split(",") if v]
+
+
+def models_table(folder: Path, opts: Dict[str, str]) -> List[str]:
+    """One row per model (eval/summary.json): value [95% interval] per task/metric; bold = best."""
+    t = _load(folder, "eval/summary.json")
+    models = _names(opts["models"]) if "models" in opts else t["models"]
+    columns = _names(opts["columns"]) if "columns" in opts else t["columns"]
+    for m in models:
+        if m not in t["cells"]:
+            raise SftmergeError(f"results {folder}: no model {m!r} in eval/summary.json")
+    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for m in models:
+        cells = []
+        for c in columns:
+            text = _cell(t["cells"][m].get(c))
+            cells.append(f"**{text}**" if m in t["best"].get(c, []) else text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired_table(folder: Path, opts: Dict[str, str]) -> List[str]:
+    """Rows of the run's paired.json, filtered by `a=`, `b=` (comma lists) and `metric=`."""
+    from sftmerge.eval.paired_table import paired_table_markdown
+
+    rows = _load(folder, "paired.json")
+    if isinstance(rows, dict):  # `sftmerge eval --run`'s paired.json: per task
+        rows = [r for task in rows["tasks"].values() for r in task["rows"]]
+    a, b = _names(opts.get("a", "")), _names(opts.get("b", ""))
+    metric = opts.get("metric", "").replace("_", " ")
+    picked = [r for r in rows if (not a or r["a"] in a) and (not b or r["b"] in b)
+              and (not metric or r["metric"] == metric)]
+    if not picked:
+        raise SftmergeError(f"results {folder}: no paired rows for {opts}")
+    # The README lists them in the order its block names them.
+    order = {(x, y): i for i, (x, y) in enumerate((x, y) for x in (a or [None]) for y in (b or [None]))}
+    picked.sort(key=lambda r: order.get((r["a"] if a else None, r["b"] if b else None), 0))
+    return paired_table_markdown(picked)
+
+
+def stages_table(folder: Path, opts: Dict[str, str]) -> List[str]:
+    """The pipeline's stage times (stages.json) and their total."""
+    stages = _load(folder, "stages.json")
+    lines = ["| stage | seconds | what it did |", "|---|---|---|"]
+    for name, s in stages.items():
+        lines.append(f"| {name} | {s['seconds']:.0f} | {s.get('result', '')} |")
+    lines.append(f"| total | {sum(s['seconds'] for s in stages.values()):.0f} | |")
+    return lines
+
+
+KINDS: Dict[str, Callable[[Path, Dict[str, str]], List[str]]] = {
+    "models": models_table, "paired": paired_table, "stages": stages_table,
+}
+
+
+def _parse(spec: str) -> Tuple[str, str, Dict[str, str]]:
+    parts = spec.split()
+    if len(parts) < 2:
+        raise SftmergeError(f"results block {spec!r}: expected FOLDER KIND [key=value ...]")
+    opts = {}
+    for p in parts[2:]:
+        if "=" not in p:
+            raise SftmergeError(f"results block {spec!r}: {p!r} is not key=value")
+        k, v = p.split("=", 1)
+        opts[k] = v
+    if parts[1] not in KINDS:
+        raise SftmergeError(f"results block {spec!r}: unknown kind {parts[1]!r} (known: {', '.join(KINDS)})")
+    return parts[0], parts[1], opts
+
+
+def render(text: str, base: Path) -> Tuple[str, List[str]]:
+    """`text` with every results block rendered from its folder (relative to `base`); and the stale specs."""
+    stale: List[str] = []
+
+    def one(m: re.Match) -> str:
+        folder, kind, opts = _parse(m.group("spec"))
+        body = "\n".join(KINDS[kind](base / folder, opts)) + "\n"
+        if body != m.group("body"):
+            stale.append(m.group("spec"))
+        return m.group(1) + body + m.group(4)
+
+    return BLOCK.sub(one, text), stale
+
+
+def render_readme(readme: str, check: bool = False) -> List[str]:
+    """Rewrite the README's results blocks (or, with `check`, only report the stale ones)."""
+    path = Path(readme)
+    if not path.is_file():
+        raise SftmergeError(f"{readme} not found")
+    text = path.read_text(encoding="utf-8")
+    new, stale = render(text, path.parent)
+    if not BLOCK.search(text):
+        raise SftmergeError(f"{readme} has no results blocks (<!-- results FOLDER KIND --> ... <!-- /results -->)")
+    if stale and not check:
+        write_text(path, new)
+    return stale

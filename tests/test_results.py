@@ -1,0 +1,107 @@
+"""Kept results (docs/results/) and the README tables rendered from them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.common import tool
+from sftmerge.errors import SftmergeError
+from sftmerge.eval.summary import table
+from sftmerge.pipelines.results import keep, render_readme
+
+
+def _result(model: str, em: float, loss: float) -> dict:
+    return {"model_name": model, "task": "arith", "metrics": {
+        "exact_match": {"value": em, "ci95": [em - 0.05, em + 0.05]},
+        "loss": {"value": loss, "ci95": [loss - 0.01, loss + 0.01]}}}
+
+
+@pytest.fixture
+def run(tmp_path) -> Path:
+    """A run folder as the pipeline leaves it: weights beside the small files that are kept."""
+    root = tmp_path / "run"
+    rows = [_result("order-0", 0.2, 0.30), _result("select", 0.25, 0.28)]
+    files = {
+        "config.yaml": "orders: 1\n",
+        "stages.json": json.dumps({"train": {"seconds": 10.4, "result": "1 new"}, "eval": {"seconds": 3.0}}),
+        "paired.json": json.dumps([{"a": "select", "b": "order-0", "metric": "exact match", "diff": 0.05,
+                                    "ci95": [0.01, 0.09], "p_value": 0.03, "test": "McNemar exact"}]),
+        "eval/summary.json": json.dumps(table(rows)),
+        "eval/select/arith.json": "{}", "eval/select/arith.samples.jsonl": "{}\n",
+        "order-0/summary.json": "{}", "order-0/sample_losses.jsonl": "{}\n", "order-0/config.json": "{}",
+        "order-0/model.safetensors": "weights", "order-0/checkpoints/step-4/summary.json": "{}",
+        "merged/select/model.safetensors": "weights", "merged/select/merge_report.json": "{}",
+        "merged/select/config.json": "{}", "recipes/select.yml": "merge_method: param_select\n",
+        ".order-1.work/trainer/state.json": "{}", "imbalance/figure1.png": "png",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_keep_copies_result_files_and_never_weights(run, tmp_path):
+    dest = tmp_path / "kept"
+    keep(str(run), str(dest))
+    kept = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file() and p.name != ".sftmerge-output")
+    assert kept == sorted([
+        "config.yaml", "stages.json", "paired.json", "eval/summary.json", "eval/select/arith.json",
+        "eval/select/arith.samples.jsonl", "order-0/summary.json", "order-0/sample_losses.jsonl",
+        "merged/select/merge_report.json", "recipes/select.yml", "imbalance/figure1.png"])
+    with pytest.raises(SftmergeError, match="exists"):
+        keep(str(run), str(dest))  # an earlier copy is replaced only when asked
+    keep(str(run), str(dest), overwrite=True)
+    with pytest.raises(SftmergeError):
+        keep(str(run), str(run / "kept"))  # never inside its input
+    assert (run / "order-0" / "model.safetensors").read_text() == "weights"
+
+
+README = """# x
+
+<!-- results {folder} models -->
+stale
+<!-- /results -->
+
+<!-- results {folder} paired a=select b=order-0 metric=exact_match -->
+<!-- /results -->
+
+<!-- results {folder} stages -->
+<!-- /results -->
+"""
+
+
+def test_readme_tables_come_from_the_files_and_check_fails_when_they_differ(run, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README.format(folder="run"))
+    assert len(render_readme(str(readme), check=True)) == 3
+    assert "stale" in readme.read_text()  # --check changes nothing
+    render_readme(str(readme))
+    text = readme.read_text()
+    assert "| order-0 | 0.200 [0.150, 0.250] | 0.300 [0.290, 0.310] |" in text
+    assert "| select | **0.250 [0.200, 0.300]** | **0.280 [0.270, 0.290]** |" in text
+    assert "| select | order-0 | exact match | **+0.050 [+0.010, +0.090]** | 0.03 | McNemar exact |" in text
+    assert "| total | 13 | |" in text
+    assert render_readme(str(readme), check=True) == []
+
+    summary = run / "eval" / "summary.json"  # a figure changes in the files: the README is now stale
+    summary.write_text(summary.read_text().replace("0.28", "0.27"))
+    cli = subprocess.run([tool("sftmerge"), "results", "readme", str(readme), "--check"],
+                         capture_output=True, text=True)
+    assert cli.returncode == 1 and len(cli.stderr.strip().splitlines()) == 1
+    assert "differ from their files" in cli.stderr and "models" in cli.stderr
+
+
+def test_bad_blocks_are_one_line(run, tmp_path):
+    readme = tmp_path / "README.md"
+    for block, message in [("run nonsense", "unknown kind"), ("missing models", "not found"),
+                           ("run models models=nobody", "no model 'nobody'")]:
+        readme.write_text(f"<!-- results {block} -->\n<!-- /results -->\n")
+        with pytest.raises(SftmergeError, match=message):
+            render_readme(str(readme))
+    readme.write_text("no blocks\n")
+    with pytest.raises(SftmergeError, match="no results blocks"):
+        render_readme(str(readme))
