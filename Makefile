@@ -19,13 +19,15 @@ $(STAMP): pyproject.toml _build/backend.py
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
-# Two workers (pytest-xdist), one test file each at a time: most tests wait on subprocesses.
+# Two workers (pytest-xdist), one test file each at a time, the files with the most slow tests
+# first (tests/conftest.py orders them).
+PYTEST_XDIST = -n 2 --dist loadfile --no-loadscope-reorder
 test: setup
-	$(BIN)/python -m pytest tests -n 2 --dist loadfile
+	$(BIN)/python -m pytest tests $(PYTEST_XDIST)
 
 # The quick tier for development: everything that does not train, convert or evaluate a model.
 test-fast: setup
-	$(BIN)/python -m pytest tests -n 2 --dist loadfile -m "not slow and not install"
+	$(BIN)/python -m pytest tests $(PYTEST_XDIST) -m "not slow and not install"
 
 # The layer contract of pyproject.toml ([tool.importlinter]); tests/test_architecture.py runs it too.
 lint-imports: setup

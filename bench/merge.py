@@ -102,6 +102,19 @@ def run_once(recipe: Path, scratch: Path, env: Optional[Dict[str, str]] = None, 
         shutil.rmtree(out, ignore_errors=True)
 
 
+def warm_kernel_cache() -> None:
+    """Compile param_select's kernel for the benchmark's inputs (bf16, 3 models) into numba's
+    on-disk cache, so no timed merge includes a one-off compilation (after an edit of the
+    kernel, or on a fresh install); each merge still loads it, as every real merge does."""
+    import torch
+
+    from sftmerge.plugins.param_select import element_uniforms, select_elements
+
+    models = [torch.full((4096,), float(k), dtype=torch.bfloat16) for k in range(3)]
+    select_elements(models, [1.0] * 3, element_uniforms(0, "warm-up", 4096), base=models[0], resample=True,
+                    kernel="cpu")
+
+
 def run_benchmark(cache: Path, runs: int) -> Dict[str, List[Dict[str, float]]]:
     from tqdm import tqdm
 
@@ -110,6 +123,7 @@ def run_benchmark(cache: Path, runs: int) -> Dict[str, List[Dict[str, float]]]:
     spec = FamilySpec(k=3, seed=0, dtype="bfloat16", **BENCH_1B)
     family = ensure_family(cache, spec)
     recipes = write_recipes(family, cache / "recipes")
+    warm_kernel_cache()
     names = list(METHODS)
     results: Dict[str, List[Dict[str, float]]] = {n: [] for n in names}
     with tqdm(total=runs * len(names), desc="merges") as bar:

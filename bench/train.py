@@ -1,7 +1,8 @@
 """`make bench-train`: training throughput of `sftmerge train sft` against plain TRL.
 
 Both train one order of the same config (model, data, settings; a reduced sample count
-and epochs so a run takes about a minute on a 2-core CPU), each in its own process with
+and epochs so a run takes about a minute on a 2-core CPU) on the same batches (the plain
+script follows order 0's sample order: bench/train_plain.py), each in its own process with
 the same environment, interleaved A B B A ... so drift in machine load hits both alike.
 Throughput is response+prompt tokens of the prepared dataset x epochs over the
 Trainer's train_runtime, counted the same way for both. After every run the CPU's

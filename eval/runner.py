@@ -187,7 +187,9 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalS
             bar.update(1)
         del model
         gc.collect()
-        if summary:
-            write_summary(out)  # after every model, so an interrupted run still has one
+        if summary:  # after every model, so an interrupted run still has one; the chart once, at the end
+            write_summary(out, with_chart=False)
     bar.close()
+    if summary:
+        write_summary(out)
     return failures

@@ -127,11 +127,14 @@ def chart(t: Dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def write_summary(out: Path) -> Dict:
+def write_summary(out: Path, with_chart: bool = True) -> Dict:
+    """summary.json and summary.md of the results under `out`, and the chart unless `with_chart` is
+    False (drawing it takes about a second, too long to redo after every model of a long list)."""
     layout = ResultsLayout(out)
     rows = collect(out)
     t = table(rows)
     write_json(layout.summary("json"), t)
     write_text(layout.summary("md"), markdown(t, rows))
-    chart(t, layout.summary("png"))
+    if with_chart:
+        chart(t, layout.summary("png"))
     return t

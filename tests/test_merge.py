@@ -111,19 +111,17 @@ def test_seed_reproduces_across_threads_and_runs_and_differs_otherwise(family, t
     recipe = write_recipe(tmp_path / "r.yml", family, resample=True)
     other = write_recipe(tmp_path / "o.yml", family, resample=True)
     other.write_text(other.read_text().replace("seed: 42", "seed: 7"))
-    # Thread counts can be set once per process: one process per run.
-    for out, extra in (("a", ["-j", "1"]), ("b", ["-j", "2"])):
-        run = subprocess.run(
-            [tool("sftmerge"), "merge", str(recipe), str(tmp_path / out), "--quiet", *extra],
-            capture_output=True, text=True, env=clean_env,
-        )
-        assert run.returncode == 0, run.stderr[-2000:]
+    # mergekit sets the thread count once per process (`-j`): one thread in a process of its own,
+    # against this process's default (every core) with another shard layout.
+    run = subprocess.run([tool("sftmerge"), "merge", str(recipe), str(tmp_path / "a"), "--quiet", "-j", "1"],
+                         capture_output=True, text=True, env=clean_env)
+    assert run.returncode == 0, run.stderr[-2000:]
     assert sftmerge_merge(recipe, tmp_path / "c", "--out-shard-size", "100K").exit_code == 0
     assert sftmerge_merge(other, tmp_path / "d").exit_code == 0
-    a, b, c, d = (_merged_bytes(tmp_path / x) for x in "abcd")
+    a, c, d = (_merged_bytes(tmp_path / x) for x in "acd")
     assert len(list((tmp_path / "c").glob("*.safetensors"))) > 1  # really a different shard layout
     for name in a:
-        assert torch.equal(a[name], b[name]) and torch.equal(a[name], c[name]), name
+        assert torch.equal(a[name], c[name]), name
     assert any(not torch.equal(a[n], d[n]) for n in a)
 
 
@@ -192,16 +190,16 @@ def test_existing_output_needs_overwrite(family, tmp_path):
     assert sftmerge_merge(recipe, tmp_path / "out", "--overwrite").exit_code == 0
 
 
-def test_offline_merge_of_relative_local_paths(family, tmp_path, clean_env):
+def test_offline_merge_of_relative_local_paths(family, tmp_path, clean_env, monkeypatch):
     """mergekit's card asks the Hub about `fam/base`-style paths; offline that must not fail the merge."""
     subprocess.run(["cp", "-r", str(family), str(tmp_path / "fam")], check=True)
     recipe = write_recipe(tmp_path / "r.yml", Path("fam"))
-    env = {**clean_env, "HF_HUB_OFFLINE": "1"}
-    for command in (["mergekit-yaml"], ["sftmerge", "merge"]):
-        out = f"out-{command[0]}"
-        run = subprocess.run([tool(command[0]), *command[1:], "r.yml", out, "--quiet"],
-                             capture_output=True, text=True, env=env, cwd=tmp_path)
-        assert run.returncode == 0, run.stderr[-2000:]
+    run = subprocess.run([tool("mergekit-yaml"), "r.yml", "out-stock", "--quiet"], capture_output=True, text=True,
+                         env={**clean_env, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)  # and `sftmerge merge` in this process, offline as every test (conftest.py)
+    assert sftmerge_merge("r.yml", "out-sftmerge").exit_code == 0
+    for out in ("out-stock", "out-sftmerge"):
         assert (tmp_path / out / "mergekit_config.yml").read_text() == recipe.read_text()
 
 

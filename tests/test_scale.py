@@ -143,19 +143,19 @@ def test_text_format_trains_a_base_without_chat_template(plain_base, tmp_path):
 
 @pytest.mark.slow
 def test_concurrent_order_jobs_equal_the_sequential_run(tiny_chat_model, tmp_path, clean_env):
-    """Three `--order k` jobs started at once on one run folder all finish, and give what
+    """Two `--order k` jobs started at once on one run folder both finish, and give what
     one sequential run gives: the same weights, config.yaml and recipes."""
-    seq = tiny_config(tiny_chat_model, tmp_path / "seq")
+    seq = tiny_config(tiny_chat_model, tmp_path / "seq", orders=2)
     run_multi_order(seq, echo=lambda _: None)
     config = tmp_path / "c.yaml"
-    config.write_text(dump_config(tiny_config(tiny_chat_model, tmp_path / "par")))
+    config.write_text(dump_config(tiny_config(tiny_chat_model, tmp_path / "par", orders=2)))
     env = clean_env  # the same thread count as this process: the same float sums, bit for bit
     jobs = [subprocess.Popen([tool("sftmerge"), "train", "sft", str(config), "--order", str(k)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for k in range(3)]
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for k in range(2)]
     outs = [job.communicate(timeout=300) for job in jobs]
     for job, (out, err) in zip(jobs, outs):
         assert job.returncode == 0, err[-3000:]
-    for k in range(3):
+    for k in range(2):
         a, b = weights(tmp_path / "seq" / f"order-{k}"), weights(tmp_path / "par" / f"order-{k}")
         assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
     seq_cfg = (tmp_path / "seq" / "config.yaml").read_text()

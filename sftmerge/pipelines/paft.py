@@ -81,7 +81,8 @@ def evaluate_all(models: Dict[str, str], out: Path, limit: Optional[int], max_ne
     for label, folder in models.items():
         path = out / "eval" / label / model_name(folder) / "arith.json"
         if not path.is_file():
-            failures = evaluate_models([folder], ["arith"], settings, backend, out / "eval" / label, echo=echo)
+            failures = evaluate_models([folder], ["arith"], settings, backend, out / "eval" / label, echo=echo,
+                                       summary=False)  # one model per folder: REPORT.md is the comparison
             if failures:
                 raise SftmergeError(f"evaluation of {label} failed: {failures[0]}")
         results[label] = json.loads(path.read_text())
