@@ -146,18 +146,32 @@ def headline(doc: Dict) -> str:
 
 
 def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalSettings, backend: str,
-                    out: Path, echo=print, summary: bool = True) -> List[str]:
+                    out: Path, echo=print, summary: bool = True, progress: bool = True,
+                    check: bool = True) -> List[str]:
     """Run everything; returns the failure lines (empty when all went well).
 
-    summary: False in a GPU-set worker (eval/gpu_schedule.py), whose parent writes it once.
+    Each model is loaded once for all its tasks. On the HF backend without a GPU, several models
+    are evaluated side by side in worker processes (eval/cpu_pool.py).
+    summary: False in a worker (eval/gpu_schedule.py, eval/cpu_pool.py), whose parent writes it.
+    progress: False for no progress bar; check: False when the caller has checked the inputs.
     """
     from tqdm.auto import tqdm
 
-    check_inputs(models, tasks, settings)
+    from sftmerge.eval import cpu_pool
+
+    if check:
+        check_inputs(models, tasks, settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    workers = cpu_pool.plan(models, backend, settings.cpu_workers)
+    if workers >= 2:
+        failures = cpu_pool.run(f"{__name__}:evaluate_models", models, tasks, settings, backend, out, workers, echo,
+                                on_model=(lambda: write_summary(out, with_chart=False)) if summary else (lambda: None))
+        if summary:
+            write_summary(out)
+        return failures
     failures: List[str] = []
-    bar = tqdm(total=len(models) * len(tasks), desc="evaluating", unit="task")
+    bar = tqdm(total=len(models) * len(tasks), desc="evaluating", unit="task", disable=not progress)
     for m in models:
         try:
             model = load_model(m, backend, settings.batch_size, settings.seed, vllm=settings.vllm)

@@ -24,7 +24,7 @@ class EvalSettings:
     limit: Optional[int] = None
     data_dir: Optional[Path] = None
     seed: int = 1234
-    batch_size: int = 16
+    batch_size: int = 64  # HF backend on CPU: sequences leave the batch as they end, so a large batch costs little
     max_new_tokens: Optional[int] = None  # None: each task's default
     arith_seed: int = 0
     allow_code_execution: bool = False
@@ -37,6 +37,7 @@ class EvalSettings:
     judge_url: Optional[str] = None  # or an OpenAI-compatible endpoint (base URL, e.g. http://host:8000/v1)
     judge_model: Optional[str] = None  # the model name sent to that endpoint
     vllm: Optional[object] = None  # VllmOptions (eval/vllm_options.py) for the vLLM backend; None: defaults
+    cpu_workers: Optional[int] = None  # HF backend without a GPU: models side by side (eval/cpu_pool.py); None: auto
 
 
 @dataclass
@@ -52,7 +53,7 @@ def check_settings(settings: EvalSettings) -> None:
     """Numeric options out of range, as one line, before any model is loaded."""
     at_least_one = {"--limit": settings.limit, "--batch-size": settings.batch_size,
                     "--max-new-tokens": settings.max_new_tokens, "--code-samples": settings.code_samples,
-                    "--code-workers": settings.code_workers}
+                    "--code-workers": settings.code_workers, "--cpu-workers": settings.cpu_workers}
     for flag, value in at_least_one.items():
         if value is not None and value < 1:
             raise SftmergeError(f"{flag} must be at least 1 (got {value})")

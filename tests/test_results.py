@@ -105,3 +105,11 @@ def test_bad_blocks_are_one_line(run, tmp_path):
     readme.write_text("no blocks\n")
     with pytest.raises(SftmergeError, match="no results blocks"):
         render_readme(str(readme))
+
+
+def test_the_readme_says_what_the_kept_results_say():
+    """Every results block of the project's README matches docs/results/ (`sftmerge results readme`)."""
+    from tests.common import REPO
+
+    assert render_readme(str(REPO / "README.md"), check=True) == []
+    assert (REPO / "docs" / "results" / "demo" / "eval" / "summary.json").is_file()

@@ -39,6 +39,9 @@ from sftmerge.errors import SftmergeError
 @click.option("--code-temperature", type=float, default=0.8, show_default=True)
 @click.option("--code-timeout", type=float, default=10.0, show_default=True, help="Seconds per program (> 0).")
 @click.option("--code-workers", type=int, default=4, show_default=True, help="Programs run in parallel (>= 1).")
+@click.option("--cpu-workers", type=int, default=None,
+              help="HF backend without a GPU: models evaluated side by side in this many processes "
+                   "(default: by cores and memory; 1: one after the other).")
 @click.option("--judge", type=click.Path(file_okay=False), default=None,
               help="Local judge model folder for the alpaca win rates (without a judge: outputs and lengths only).")
 @click.option("--judge-url", default=None,
@@ -57,8 +60,8 @@ from sftmerge.errors import SftmergeError
 @click.option("--worker", is_flag=True, hidden=True)
 def eval_command(models, more_models, run_dir, tasks, backend, limit, data_dir, out, batch_size, max_new_tokens, seed,
                  arith_seed, allow_code_execution, allow_weak_sandbox, code_samples, code_temperature, code_timeout,
-                 code_workers, judge, judge_url, judge_model, with_base, vllm_tp, vllm_gpu_memory, vllm_max_model_len,
-                 vllm_dtype, vllm_args, gpus, worker) -> None:
+                 code_workers, cpu_workers, judge, judge_url, judge_model, with_base, vllm_tp, vllm_gpu_memory,
+                 vllm_max_model_len, vllm_dtype, vllm_args, gpus, worker) -> None:
     """Evaluate model folders; writes OUT/<model>/<task>.json (+ samples) and OUT/summary.{md,png,json}.
 
     Examples: sftmerge eval --models runs/r1/order-0 runs/r1/merged/select --tasks arith,gsm8k --limit 50;
@@ -90,7 +93,7 @@ def eval_command(models, more_models, run_dir, tasks, backend, limit, data_dir, 
         limit=limit, data_dir=Path(data_dir) if data_dir else None, seed=seed, batch_size=batch_size,
         max_new_tokens=max_new_tokens, arith_seed=arith_seed, allow_code_execution=allow_code_execution,
         allow_weak_sandbox=allow_weak_sandbox, code_samples=code_samples, code_temperature=code_temperature,
-        code_timeout=code_timeout, code_workers=code_workers, judge=judge,
+        code_timeout=code_timeout, code_workers=code_workers, cpu_workers=cpu_workers, judge=judge,
         judge_url=judge_url, judge_model=judge_model, vllm=vllm,
     )
     check_inputs(all_models, task_list, settings)

@@ -1,0 +1,186 @@
+"""Several models on a CPU machine: one worker process per core share, each with its own torch threads.
+
+On a CPU, one process spreading a small model's many small operations over all cores waits at
+every operation for the slowest core; when anything else runs on the machine, a core is often
+taken away mid-operation and the waits dominate (SmolLM2-135M, 2 cores, two arith runs of 50
+problems while other jobs ran: 370 s one after the other on 2 threads, 89 s side by side on 1
+thread each, with identical answers; on the idle machine, four SmolLM2 models on 100 problems:
+191 s against 136 s). So models are evaluated side by side: W worker
+processes (`python -m sftmerge.eval.cpu_pool`), each with cores / W threads, each handed its
+next model when it has finished the last. Result files are per model and task, so workers
+never write the same file; the summary is written by the parent whenever a model is done.
+
+Used for the HF backend without a GPU and at least two models; W is bounded by the cores, the
+models, and the memory a float32 copy of the largest model needs (`EvalSettings.cpu_workers`
+overrides it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import pickle
+import queue as queue_module
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+MEMORY_SHARE = 0.6  # of the available memory, for all workers together
+PER_MODEL_OVERHEAD = 2.0  # a worker holds the fp32 weights plus activations, logits and KV cache
+# A worker first imports torch, transformers and lm-eval (about 8 s on 2 cores): models smaller
+# than this (fp32 bytes; SmolLM2-135M has 540 MB) are done sooner in this process.
+MIN_POOLED_BYTES = 200_000_000
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _available_memory() -> Optional[int]:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _fp32_bytes(model_dir: str) -> int:
+    from sftmerge.io.checkpoint import shapes
+
+    try:
+        return 4 * sum(math.prod(s) for s in shapes(model_dir).values())
+    except Exception:  # not safetensors: weights stored in at most 4 bytes per value, loaded in 4
+        return 4 * sum(p.stat().st_size for p in Path(model_dir).glob("pytorch_model*.bin")) // 2
+
+
+def plan(models: Sequence[str], backend: str, requested: Optional[int]) -> int:
+    """How many worker processes evaluate `models` (0 or 1: none, this process does it all)."""
+    import torch
+
+    if backend != "hf" or torch.cuda.is_available() or len(models) < 2:
+        return 0
+    if requested is not None:
+        return min(requested, len(models))
+    largest = max(_fp32_bytes(m) for m in models)
+    if largest < MIN_POOLED_BYTES:
+        return 0
+    workers = min(cores(), len(models))
+    memory = _available_memory()
+    if memory is not None:
+        workers = min(workers, int(memory * MEMORY_SHARE // (PER_MODEL_OVERHEAD * largest)))
+    return workers if workers >= 2 else 0
+
+
+def _send(stream, event: dict) -> None:
+    stream.write(json.dumps(event) + "\n")
+    stream.flush()
+
+
+def serve(job_file: str) -> None:
+    """A worker (`python -m sftmerge.eval.cpu_pool JOB`): evaluates each model path read from stdin;
+    its lines and finished models go to stdout as JSON, everything else it prints to stderr."""
+    with open(job_file, "rb") as f:
+        job = pickle.load(f)
+    events = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # libraries' prints and progress bars must not mix into the events
+    sys.stdout = sys.stderr
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    module, name = job["evaluate"].split(":")
+    evaluate = getattr(importlib.import_module(module), name)
+    for line in sys.stdin:
+        model = line.rstrip("\n")
+        try:
+            failures = evaluate([model], job["tasks"], job["settings"], job["backend"], job["out"], summary=False,
+                                progress=False, check=False, echo=lambda text: _send(events, {"line": text}))
+        except Exception as e:  # evaluate_models reports per task; anything else still ends as a line
+            first = str(e).splitlines()[0][:300] if str(e) else ""
+            failures = [f"{Path(model).name}: {type(e).__name__}: {first}"]
+        _send(events, {"model": model, "failures": failures})
+
+
+def run(evaluate: str, models: Sequence[str], tasks: Sequence[str], settings, backend: str, out: Path,
+        workers: int, echo: Callable[[str], None], on_model: Callable[[], None]) -> List[str]:
+    """Evaluate `models` on `workers` processes with `evaluate` ("module:function", runner.evaluate_models);
+    returns the failure lines. Each worker gets its next model when it has finished the last;
+    `on_model` runs in this process each time a model is done."""
+    import subprocess
+    import tempfile
+    import threading
+    from collections import deque
+
+    from tqdm.auto import tqdm
+
+    threads = max(1, cores() // workers)
+    echo(f"evaluating {len(models)} models on {workers} worker processes, {threads} thread(s) each")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    todo, events = deque(models), queue_module.Queue()
+    failures: List[str] = []
+    with tempfile.TemporaryDirectory(prefix="sftmerge-cpu-pool-") as tmp:
+        job_file = Path(tmp) / "job.pkl"
+        with open(job_file, "wb") as f:
+            pickle.dump({"evaluate": evaluate, "tasks": list(tasks), "settings": settings, "backend": backend,
+                         "out": Path(out), "threads": threads}, f)
+        procs = [subprocess.Popen([sys.executable, "-m", "sftmerge.eval.cpu_pool", str(job_file)], env=env, text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(workers)]
+
+        def read(wid: int, proc) -> None:
+            for raw in proc.stdout:
+                events.put((wid, json.loads(raw)))
+            events.put((wid, None))
+
+        readers = [threading.Thread(target=read, args=(wid, p), daemon=True) for wid, p in enumerate(procs)]
+        working = {}  # worker -> the model it is on
+
+        def give(wid: int) -> None:
+            """The worker's next model, or the end of its input."""
+            try:
+                if todo:
+                    working[wid] = todo.popleft()
+                    procs[wid].stdin.write(working[wid] + "\n")
+                    procs[wid].stdin.flush()
+                else:
+                    working.pop(wid, None)
+                    procs[wid].stdin.close()
+            except BrokenPipeError:  # it has died; its end is reported by its reader
+                pass
+
+        bar = tqdm(total=len(models), desc="evaluating", unit="model")
+        try:
+            for wid, reader in enumerate(readers):
+                reader.start()
+                give(wid)
+            running = set(range(workers))
+            while running:
+                wid, event = events.get()
+                if event is None:  # the worker's output ended: it exited
+                    running.discard(wid)
+                    if procs[wid].wait() != 0 or wid in working:
+                        lost = f" during {Path(working[wid]).name}" if wid in working else ""
+                        failures.append(f"an evaluation worker exited with status {procs[wid].returncode}{lost}")
+                elif "line" in event:
+                    echo(event["line"])
+                else:
+                    failures += event["failures"]
+                    bar.update(1)
+                    on_model()
+                    give(wid)
+        finally:
+            bar.close()
+            for p in procs:
+                if p.poll() is None:  # only when interrupted: no worker outlives the call
+                    p.terminate()
+                p.wait()
+    return failures
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])

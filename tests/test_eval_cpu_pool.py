@@ -1,0 +1,52 @@
+"""Models evaluated side by side in worker processes (eval/cpu_pool.py) give what one process gives."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tests.common import tiny_llama
+from sftmerge.cli.main import main
+from sftmerge.eval import cpu_pool
+
+
+@pytest.fixture(scope="module")
+def two_models(tiny_chat_model, tmp_path_factory):
+    other = tiny_llama(tmp_path_factory.mktemp("pool") / "tiny-seed-1", seed=1)
+    return [tiny_chat_model, other]
+
+
+def _eval(models, out, *extra):
+    args = ["eval", "--models", *map(str, models), "--tasks", "arith", "--limit", "4", "--max-new-tokens", "8",
+            "--backend", "hf", "--out", str(out), *extra]
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def test_two_workers_give_the_results_of_one_process_and_a_failure_is_a_line(two_models, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in two_models[0].iterdir():  # a complete-looking folder whose weights cannot be read
+        (broken / f.name).write_bytes(b"not safetensors" if f.suffix == ".safetensors" else f.read_bytes())
+    pooled = _eval([*two_models, broken], tmp_path / "pooled", "--cpu-workers", "2")
+    assert pooled.exit_code == 1 and "on 2 worker processes" in pooled.output, pooled.output
+    assert "broken" in pooled.output and not (tmp_path / "pooled" / "broken" / "arith.json").exists()
+    alone = _eval(two_models, tmp_path / "alone", "--cpu-workers", "1")
+    assert alone.exit_code == 0 and "worker processes" not in alone.output, alone.output
+    for model in two_models:  # the other models are evaluated all the same, as in one process
+        a, b = ((tmp_path / x / model.name / "arith.samples.jsonl").read_text() for x in ("pooled", "alone"))
+        assert a == b and a.count("\n") == 4, model.name
+        metrics = [json.loads((tmp_path / x / model.name / "arith.json").read_text())["metrics"]
+                   for x in ("pooled", "alone")]
+        assert metrics[0] == metrics[1]
+    summary = json.loads((tmp_path / "pooled" / "summary.json").read_text())
+    assert summary["models"] == [m.name for m in two_models]
+    assert (tmp_path / "pooled" / "summary.png").stat().st_size > 1000
+
+
+def test_plan_pools_only_large_models_several_on_the_hf_backend(two_models):
+    assert cpu_pool.plan(two_models, "hf", None) == 0  # tiny: a worker's start costs more than it saves
+    assert cpu_pool.plan(two_models, "hf", 2) == 2
+    assert cpu_pool.plan(two_models[:1], "hf", 2) == 0  # one model: nothing to share
+    assert cpu_pool.plan(two_models, "vllm", 2) == 0
