@@ -146,9 +146,9 @@ paft: setup
 #   make research RESEARCH=arith-fp32|arith-bf16|arith-batch|gsm8k   then   make results-keep RESEARCH=...
 RESEARCH ?= arith-fp32
 RESEARCH_DIR ?= runs/research
-RESEARCH_ARGS_arith-fp32 = --config train/configs/research_arith.yaml
+RESEARCH_ARGS_arith-fp32 = --config train/configs/research_arith.yaml --precision fp32
 RESEARCH_ARGS_arith-bf16 = --config train/configs/research_arith.yaml --precision bf16
-RESEARCH_ARGS_arith-batch = --config train/configs/research_arith.yaml --order-mode batch
+RESEARCH_ARGS_arith-batch = --config train/configs/research_arith.yaml --precision fp32 --order-mode batch
 RESEARCH_ARGS_gsm8k = --config train/configs/research_gsm8k.yaml --data-dir $(or $(DATA_DIR),../shared/data)
 .PHONY: research results-keep results-readme
 research: setup
