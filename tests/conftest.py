@@ -69,7 +69,9 @@ def smollm2_dir(tmp_path_factory):
 
     from sftmerge.train.base import make_base
 
-    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every xdist worker of this run
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's folder is inside the run's: that one is shared; else this run's own.
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     out = shared / "smollm2-135m-instruct"
     with FileLock(str(shared / "smollm2.lock")):
         make_base("smollm2", str(out))
