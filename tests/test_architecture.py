@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-from tests.layers import REPO, lint_imports, mirror
+from tests.layers import REPO, lint_imports, package_modules
 
 MAX_MODULE_LINES = 350
 MAX_PLAIN_MODULES = 6
@@ -15,13 +14,6 @@ def test_import_linter_contract_holds():
     result = lint_imports()
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "BROKEN" not in result.stdout and "KEPT" in result.stdout
-
-
-def _package_modules(tmp_path: Path):
-    root = mirror(tmp_path)
-    for path in sorted((root / "sftmerge").rglob("*.py")):
-        name = ".".join(path.relative_to(root).with_suffix("").parts)
-        yield name.removesuffix(".__init__"), path
 
 
 def private_imports(source: str):
@@ -38,17 +30,18 @@ def test_private_import_check_sees_one():
     assert private_imports("from sftmerge.io.layout import _NUMBERED, RunLayout\n") == ["sftmerge.io.layout._NUMBERED"]
 
 
-def test_no_private_name_imported_from_another_module(tmp_path):
-    offences = {name: found for name, path in _package_modules(tmp_path) if (found := private_imports(path.read_text()))}
+def test_no_private_name_imported_from_another_module():
+    offences = {name: found for name, path in package_modules() if (found := private_imports(path.read_text()))}
     assert not offences, offences
 
 
-def test_modules_stay_short(tmp_path):
-    long = {name: n for name, path in _package_modules(tmp_path)
+def test_modules_stay_short():
+    long = {name: n for name, path in package_modules()
             if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
     assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
 
 
 def test_package_root_holds_few_plain_modules():
     plain = sorted(p.name for p in (REPO / "sftmerge").glob("*.py") if p.name != "__init__.py")
+    assert len(list(package_modules())) > 100  # the links to eval/, train/, plugins/ are followed
     assert len(plain) <= MAX_PLAIN_MODULES, plain
