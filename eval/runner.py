@@ -201,7 +201,7 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalS
             bar.update(1)
         del model
         gc.collect()
-        if summary:  # after every model, so an interrupted run still has one; the chart once, at the end
+        if summary and m != models[-1]:  # so an interrupted run still has one; the last one below, with the chart
             write_summary(out, with_chart=False)
     bar.close()
     if summary:

@@ -24,7 +24,7 @@ class EvalSettings:
     limit: Optional[int] = None
     data_dir: Optional[Path] = None
     seed: int = 1234
-    batch_size: int = 64  # HF backend on CPU: sequences leave the batch as they end, so a large batch costs little
+    batch_size: int = 16
     max_new_tokens: Optional[int] = None  # None: each task's default
     arith_seed: int = 0
     allow_code_execution: bool = False
