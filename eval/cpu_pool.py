@@ -7,12 +7,14 @@ problems while other jobs ran: 370 s one after the other on 2 threads, 89 s side
 thread each, with identical answers; on the idle machine, four SmolLM2 models on 100 problems:
 191 s against 136 s). So models are evaluated side by side: W worker
 processes (`python -m sftmerge.eval.cpu_pool`), each with cores / W threads, each handed its
-next model when it has finished the last. Result files are per model and task, so workers
-never write the same file; the summary is written by the parent whenever a model is done.
+next job when it has finished the last: a model, or a `Call` the caller adds (the output
+ensemble, handed out first as the longest). Result files are per model and task, so workers
+never write the same file; the summary is written by the parent whenever a job is done.
 
-Used for the HF backend without a GPU and at least two models; W is bounded by the cores, the
+Used for the HF backend without a GPU and at least two large models; W is bounded by the cores, the
 models, and the memory a float32 copy of the largest model needs (`EvalSettings.cpu_workers`
-overrides it).
+overrides it). The multi-order pipeline trains its K orders on the same pool
+(pipelines/train_pool.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import pickle
 import queue as queue_module
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
 
 MEMORY_SHARE = 0.6  # of the available memory, for all workers together
 PER_MODEL_OVERHEAD = 2.0  # a worker holds the fp32 weights plus activations, logits and KV cache
@@ -41,7 +44,7 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def _available_memory() -> Optional[int]:
+def available_memory() -> Optional[int]:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -60,21 +63,42 @@ def _fp32_bytes(model_dir: str) -> int:
         return 4 * sum(p.stat().st_size for p in Path(model_dir).glob("pytorch_model*.bin")) // 2
 
 
-def plan(models: Sequence[str], backend: str, requested: Optional[int]) -> int:
-    """How many worker processes evaluate `models` (0 or 1: none, this process does it all)."""
+@dataclass(frozen=True)
+class Call:
+    """An evaluation by the import name of its function ("module:function") and its arguments, run
+    in a worker or in this process alike; the function takes `echo=` and returns failure lines.
+    `models` is how many models it holds at once (for the memory bound)."""
+
+    target: str
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    models: int = 1
+
+    def __call__(self, echo: Callable[[str], None]) -> List[str]:
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)(*self.args, echo=echo, **self.kwargs)
+
+
+def plan(models: Sequence[str], backend: str, requested: Optional[int], jobs: Optional[int] = None,
+         held: int = 1) -> int:
+    """How many worker processes evaluate `models` (0 or 1: none, this process does it all); `jobs`
+    (default: one per model) are handed out, the largest of them holding `held` models at once."""
     import torch
 
-    if backend != "hf" or torch.cuda.is_available() or len(models) < 2:
+    jobs = len(models) if jobs is None else jobs
+    if backend != "hf" or torch.cuda.is_available() or jobs < 2 or not models:
         return 0
     if requested is not None:
-        return min(requested, len(models))
-    largest = max(_fp32_bytes(m) for m in models)
-    if largest < MIN_POOLED_BYTES:
+        return min(requested, jobs)
+    sizes = [_fp32_bytes(m) for m in models]
+    # Worth a worker's start: two jobs of large models at least (a further call holds large ones).
+    if sum(size >= MIN_POOLED_BYTES for size in sizes) + jobs - len(models) < 2:
         return 0
-    workers = min(cores(), len(models))
-    memory = _available_memory()
+    largest = max(sizes)
+    workers = min(cores(), jobs)
+    memory = available_memory()
     if memory is not None:
-        workers = min(workers, int(memory * MEMORY_SHARE // (PER_MODEL_OVERHEAD * largest)))
+        workers = min(workers, int(memory * MEMORY_SHARE // (PER_MODEL_OVERHEAD * largest * max(1, held))))
     return workers if workers >= 2 else 0
 
 
@@ -84,8 +108,8 @@ def _send(stream, event: dict) -> None:
 
 
 def serve(job_file: str) -> None:
-    """A worker (`python -m sftmerge.eval.cpu_pool JOB`): evaluates each model path read from stdin;
-    its lines and finished models go to stdout as JSON, everything else it prints to stderr."""
+    """A worker (`python -m sftmerge.eval.cpu_pool JOB`): runs each job whose index it reads from
+    stdin; its lines and finished jobs go to stdout as JSON, everything else it prints to stderr."""
     with open(job_file, "rb") as f:
         job = pickle.load(f)
     events = os.fdopen(os.dup(1), "w")
@@ -94,24 +118,21 @@ def serve(job_file: str) -> None:
     import torch
 
     torch.set_num_threads(job["threads"])
-    module, name = job["evaluate"].split(":")
-    evaluate = getattr(importlib.import_module(module), name)
     for line in sys.stdin:
-        model = line.rstrip("\n")
+        name, call = job["jobs"][int(line)]
         try:
-            failures = evaluate([model], job["tasks"], job["settings"], job["backend"], job["out"], summary=False,
-                                progress=False, check=False, echo=lambda text: _send(events, {"line": text}))
+            failures = call(echo=lambda text: _send(events, {"line": text}))
         except Exception as e:  # evaluate_models reports per task; anything else still ends as a line
             first = str(e).splitlines()[0][:300] if str(e) else ""
-            failures = [f"{Path(model).name}: {type(e).__name__}: {first}"]
-        _send(events, {"model": model, "failures": failures})
+            failures = [f"{name}: {type(e).__name__}: {first}"]
+        _send(events, {"job": name, "failures": failures})
 
 
-def run(evaluate: str, models: Sequence[str], tasks: Sequence[str], settings, backend: str, out: Path,
-        workers: int, echo: Callable[[str], None], on_model: Callable[[], None]) -> List[str]:
-    """Evaluate `models` on `workers` processes with `evaluate` ("module:function", runner.evaluate_models);
-    returns the failure lines. Each worker gets its next model when it has finished the last;
-    `on_model` runs in this process each time a model is done."""
+def run(jobs: Sequence[Tuple[str, Call]], workers: int, echo: Callable[[str], None],
+        on_done: Callable[[], None] = lambda: None, doing: str = "evaluating", unit: str = "model") -> List[str]:
+    """Run the (name, call) `jobs` on `workers` processes; returns the failure lines. Each worker
+    gets the next job when it has finished the last; `on_done` runs in this process after each.
+    `doing` and `unit` word the first line and the progress bar ("training", "run")."""
     import subprocess
     import tempfile
     import threading
@@ -120,15 +141,14 @@ def run(evaluate: str, models: Sequence[str], tasks: Sequence[str], settings, ba
     from tqdm.auto import tqdm
 
     threads = max(1, cores() // workers)
-    echo(f"evaluating {len(models)} models on {workers} worker processes, {threads} thread(s) each")
+    echo(f"{doing} {len(jobs)} {unit}s on {workers} worker processes, {threads} thread(s) each")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    todo, events = deque(models), queue_module.Queue()
+    todo, events = deque(range(len(jobs))), queue_module.Queue()
     failures: List[str] = []
     with tempfile.TemporaryDirectory(prefix="sftmerge-cpu-pool-") as tmp:
         job_file = Path(tmp) / "job.pkl"
         with open(job_file, "wb") as f:
-            pickle.dump({"evaluate": evaluate, "tasks": list(tasks), "settings": settings, "backend": backend,
-                         "out": Path(out), "threads": threads}, f)
+            pickle.dump({"jobs": list(jobs), "threads": threads}, f)
         procs = [subprocess.Popen([sys.executable, "-m", "sftmerge.eval.cpu_pool", str(job_file)], env=env, text=True,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(workers)]
 
@@ -138,14 +158,14 @@ def run(evaluate: str, models: Sequence[str], tasks: Sequence[str], settings, ba
             events.put((wid, None))
 
         readers = [threading.Thread(target=read, args=(wid, p), daemon=True) for wid, p in enumerate(procs)]
-        working = {}  # worker -> the model it is on
+        working = {}  # worker -> the job it is on
 
         def give(wid: int) -> None:
-            """The worker's next model, or the end of its input."""
+            """The worker's next job, or the end of its input."""
             try:
                 if todo:
                     working[wid] = todo.popleft()
-                    procs[wid].stdin.write(working[wid] + "\n")
+                    procs[wid].stdin.write(f"{working[wid]}\n")
                     procs[wid].stdin.flush()
                 else:
                     working.pop(wid, None)
@@ -153,7 +173,7 @@ def run(evaluate: str, models: Sequence[str], tasks: Sequence[str], settings, ba
             except BrokenPipeError:  # it has died; its end is reported by its reader
                 pass
 
-        bar = tqdm(total=len(models), desc="evaluating", unit="model")
+        bar = tqdm(total=len(jobs), desc=doing, unit=unit)
         try:
             for wid, reader in enumerate(readers):
                 reader.start()
@@ -164,14 +184,14 @@ def run(evaluate: str, models: Sequence[str], tasks: Sequence[str], settings, ba
                 if event is None:  # the worker's output ended: it exited
                     running.discard(wid)
                     if procs[wid].wait() != 0 or wid in working:
-                        lost = f" during {Path(working[wid]).name}" if wid in working else ""
+                        lost = f" during {jobs[working[wid]][0]}" if wid in working else ""
                         failures.append(f"an evaluation worker exited with status {procs[wid].returncode}{lost}")
                 elif "line" in event:
                     echo(event["line"])
                 else:
                     failures += event["failures"]
                     bar.update(1)
-                    on_model()
+                    on_done()
                     give(wid)
         finally:
             bar.close()

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 import torch
 
 from sftmerge.train.base import base_dtype
+from sftmerge.train.response_logits import IGNORE, accepts_positions, response_logits, token_nll
 
 
 @torch.no_grad()
@@ -29,16 +30,17 @@ def sample_losses(model_dir: Path, dataset, batch_size: int = 16, device: Option
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float32 if device == "cpu" else base_dtype(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    positions = accepts_positions(model)
     rows = dataset.with_format(None)
     ids, labels = rows["input_ids"], rows["labels"]
     out = []
     for start in tqdm(range(0, len(ids), batch_size), desc=f"sample losses ({Path(model_dir).name})", leave=False):
         chunk = range(start, min(start + batch_size, len(ids)))
         x, y, attn = _padded_batch(ids, labels, chunk)
-        logits = model(input_ids=x.to(device), attention_mask=attn.to(device)).logits.float()
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), y[:, 1:].to(device),
-                                                reduction="none", ignore_index=-100).cpu()
-        target = y[:, 1:] != -100
+        y = y.to(device)
+        _, logits, targets = response_logits(model, {"input_ids": x.to(device), "attention_mask": attn.to(device)},
+                                             y, positions)
+        nll, target = token_nll(logits, targets).cpu(), (targets != IGNORE).cpu()
         for row in range(len(chunk)):
             n = int(target[row].sum())
             out.append({"loss": float(nll[row][target[row]].sum() / max(n, 1)), "tokens": n})

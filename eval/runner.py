@@ -11,7 +11,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 from sftmerge.data.tasks import TRAINING, local_files, task as task_spec
 from sftmerge.errors import SftmergeError
@@ -147,13 +147,15 @@ def headline(doc: Dict) -> str:
 
 def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalSettings, backend: str,
                     out: Path, echo=print, summary: bool = True, progress: bool = True,
-                    check: bool = True) -> List[str]:
+                    check: bool = True, calls: Sequence[Tuple[str, Callable]] = ()) -> List[str]:
     """Run everything; returns the failure lines (empty when all went well).
 
     Each model is loaded once for all its tasks. On the HF backend without a GPU, several models
     are evaluated side by side in worker processes (eval/cpu_pool.py).
     summary: False in a worker (eval/gpu_schedule.py, eval/cpu_pool.py), whose parent writes it.
     progress: False for no progress bar; check: False when the caller has checked the inputs.
+    calls: further (name, evaluation) jobs, such as the output ensemble, run first: in the worker
+    processes when there are any, else in this process.
     """
     from tqdm.auto import tqdm
 
@@ -163,14 +165,20 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalS
         check_inputs(models, tasks, settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    workers = cpu_pool.plan(models, backend, settings.cpu_workers)
+    held = max([1, *(c.models for _, c in calls)])
+    workers = cpu_pool.plan(models, backend, settings.cpu_workers, jobs=len(models) + len(calls), held=held)
     if workers >= 2:
-        failures = cpu_pool.run(f"{__name__}:evaluate_models", models, tasks, settings, backend, out, workers, echo,
-                                on_model=(lambda: write_summary(out, with_chart=False)) if summary else (lambda: None))
+        each = dict(summary=False, progress=False, check=False)
+        jobs = [*calls, *((Path(m).name, cpu_pool.Call(f"{__name__}:evaluate_models",
+                                                        ([m], tasks, settings, backend, out), each)) for m in models)]
+        failures = cpu_pool.run(jobs, workers, echo,
+                                on_done=(lambda: write_summary(out, with_chart=False)) if summary else (lambda: None))
         if summary:
             write_summary(out)
         return failures
     failures: List[str] = []
+    for _name, call in calls:
+        failures += call(echo=echo)
     bar = tqdm(total=len(models) * len(tasks), desc="evaluating", unit="task", disable=not progress)
     for m in models:
         try:

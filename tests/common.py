@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SFTMERGE_SHARED_DATA", REPO.parent / "shared" / "data"))
 BIN = Path(sys.executable).parent
 
+TOKENIZER_ENV = "SFTMERGE_TEST_TOKENIZER"  # set by conftest to the run's saved SmolLM2 tokenizer
+
 needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"no shared data at {SHARED_DATA}")
 
 
@@ -33,10 +35,22 @@ def smollm2_gguf() -> tuple:
 
 
 def smollm2_tokenizer():
+    """SmolLM2's tokenizer. Parsing it from the GGUF takes about 7 s, so a test run parses it once
+    and saves it to the folder conftest names in TOKENIZER_ENV (shared by the xdist workers)."""
     from transformers import AutoTokenizer
 
-    folder, name = smollm2_gguf()
-    return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    saved = os.environ.get(TOKENIZER_ENV)
+    if not saved:
+        folder, name = smollm2_gguf()
+        return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    from filelock import FileLock
+
+    saved = Path(saved)
+    with FileLock(str(saved) + ".lock"):
+        if not (saved / "tokenizer_config.json").is_file():
+            folder, name = smollm2_gguf()
+            AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(saved)
+    return AutoTokenizer.from_pretrained(saved)
 
 
 def tiny_llama(out: Path, tokenizer=None, dtype: str = "float32", max_positions: int = 2048, seed: int = 0) -> Path:

@@ -10,8 +10,16 @@ from collections import Counter
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
-from tests.common import BIN, REPO, SHARED_DATA, smollm2_gguf, tiny_llama, tool  # noqa: F401,E402 (re-exported)
+# Under xdist with more workers than cores (`make test`: 3 on 2 cores, so that one worker's waits
+# on a subprocess, a lock or a timeout leave no core idle), each worker computes on one share of
+# the cores: torch's own threads would otherwise spin against the other workers' for the same cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
+from tests.common import BIN, REPO, SHARED_DATA, TOKENIZER_ENV, smollm2_gguf, tiny_llama, tool  # noqa: F401,E402 (re-exported)
 
 
 # Fixtures that train, convert or evaluate models (tens of seconds to minutes on 2 cores):
@@ -61,6 +69,18 @@ def clean_env():
     return env
 
 
+def _shared_tmp(tmp_path_factory):
+    """This run's temporary folder, the same for every xdist worker (each worker's is inside it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _saved_tokenizer(tmp_path_factory):
+    """Where smollm2_tokenizer() saves SmolLM2's tokenizer the first time a test asks for it."""
+    os.environ[TOKENIZER_ENV] = str(_shared_tmp(tmp_path_factory) / "smollm2-tokenizer")
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory):
     """SmolLM2-135M-Instruct as `sftmerge base smollm2` writes it (bfloat16, from the GGUF of
@@ -69,9 +89,7 @@ def smollm2_dir(tmp_path_factory):
 
     from sftmerge.train.base import make_base
 
-    base = tmp_path_factory.getbasetemp()
-    # Under xdist each worker's folder is inside the run's: that one is shared; else this run's own.
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    shared = _shared_tmp(tmp_path_factory)
     out = shared / "smollm2-135m-instruct"
     with FileLock(str(shared / "smollm2.lock")):
         make_base("smollm2", str(out))

@@ -184,7 +184,7 @@ def test_reproduce_smoke_on_gsm8k_from_local_data(tiny_chat_model, tmp_path):
     ensemble included (through lm-eval's generation requests)."""
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(dict(
-        base=str(tiny_chat_model), data="arith", num_samples=8, output_dir=str(tmp_path / "run"), orders=2,
+        base=str(tiny_chat_model), data="arith", num_samples=4, output_dir=str(tmp_path / "run"), orders=2,
         num_train_epochs=1, per_device_train_batch_size=4, learning_rate=1e-3, save_steps=50, logging_steps=1,
         max_length=256)))
     args = ["demo", "--config", str(config), "--data", "gsm8k", "--data-dir", str(SHARED_DATA), "--merges", "select",

@@ -24,25 +24,40 @@ def _eval(models, out, *extra):
     return CliRunner().invoke(main, args, catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_results_of_one_process_and_a_failure_is_a_line(two_models, tmp_path):
+    """Two models, one that cannot be read and a further job (the demo's output ensemble, a
+    `Call`) on 2 workers: each result is what one process gives, the failure is a line."""
+    from sftmerge.eval.cpu_pool import Call
+    from sftmerge.eval.ensemble import evaluate_ensemble
+    from sftmerge.eval.runner import evaluate_models
+    from sftmerge.eval.tasks import EvalSettings
+
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in two_models[0].iterdir():  # a complete-looking folder whose weights cannot be read
         (broken / f.name).write_bytes(b"not safetensors" if f.suffix == ".safetensors" else f.read_bytes())
-    pooled = _eval([*two_models, broken], tmp_path / "pooled", "--cpu-workers", "2")
-    assert pooled.exit_code == 1 and "on 2 worker processes" in pooled.output, pooled.output
-    assert "broken" in pooled.output and not (tmp_path / "pooled" / "broken" / "arith.json").exists()
+    members, pooled = [str(m) for m in two_models], tmp_path / "pooled"
+    settings = EvalSettings(limit=4, max_new_tokens=8, cpu_workers=2)
+    ensemble = Call("sftmerge.eval.ensemble:evaluate_ensemble", (members, ["arith"], settings, pooled),
+                    dict(name="ens", summary=False), models=2)
+    lines = []
+    failures = evaluate_models([*members, str(broken)], ["arith"], settings, "hf", pooled, echo=lines.append,
+                               check=False, calls=[("ens", ensemble)])
+    assert any("on 2 worker processes" in line for line in lines), lines
+    assert len(failures) == 1 and "broken" in failures[0], failures
+    assert not (pooled / "broken" / "arith.json").exists()
     alone = _eval(two_models, tmp_path / "alone", "--cpu-workers", "1")
     assert alone.exit_code == 0 and "worker processes" not in alone.output, alone.output
-    for model in two_models:  # the other models are evaluated all the same, as in one process
-        a, b = ((tmp_path / x / model.name / "arith.samples.jsonl").read_text() for x in ("pooled", "alone"))
-        assert a == b and a.count("\n") == 4, model.name
-        metrics = [json.loads((tmp_path / x / model.name / "arith.json").read_text())["metrics"]
-                   for x in ("pooled", "alone")]
+    assert evaluate_ensemble(members, ["arith"], settings, tmp_path / "alone", name="ens", echo=lambda _: None) == []
+    for name in [m.name for m in two_models] + ["ens"]:  # the others are evaluated all the same, as in one process
+        a, b = ((tmp_path / x / name / "arith.samples.jsonl").read_text() for x in ("pooled", "alone"))
+        assert a == b and a.count("\n") == 4, name
+        metrics = [json.loads((tmp_path / x / name / "arith.json").read_text())["metrics"] for x in ("pooled", "alone")]
         assert metrics[0] == metrics[1]
-    summary = json.loads((tmp_path / "pooled" / "summary.json").read_text())
-    assert summary["models"] == [m.name for m in two_models]
-    assert (tmp_path / "pooled" / "summary.png").stat().st_size > 1000
+    summary = json.loads((pooled / "summary.json").read_text())
+    assert summary["models"] == ["ens", *(m.name for m in two_models)]
+    assert (pooled / "summary.png").stat().st_size > 1000
 
 
 def test_plan_pools_only_large_models_several_on_the_hf_backend(two_models):
@@ -50,3 +65,4 @@ def test_plan_pools_only_large_models_several_on_the_hf_backend(two_models):
     assert cpu_pool.plan(two_models, "hf", 2) == 2
     assert cpu_pool.plan(two_models[:1], "hf", 2) == 0  # one model: nothing to share
     assert cpu_pool.plan(two_models, "vllm", 2) == 0
+

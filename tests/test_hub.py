@@ -345,6 +345,7 @@ def test_pull_unreachable_or_offline_without_cache(tmp_path):
     assert not (tmp_path / "recipes").exists()
 
 
+@pytest.mark.slow
 def test_pull_offline_from_cache_reruns_to_identical_weights(merged, tmp_path):
     # The Hub's download cache as huggingface_hub lays it out after an earlier download.
     repo = tmp_path / "hf-home" / "hub" / "models--someone--toy-select"

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 
 import pytest
 from click.testing import CliRunner
 
-from tests.common import tool
 from sftmerge.cli.main import main
 from sftmerge.eval.imbalance import binned_means, merged_losses
 from sftmerge.eval.losses import sample_losses
+from sftmerge.pipelines.controls import merge_in_process
 from sftmerge.train.config import SFTRunConfig
 from sftmerge.train.sft import run_multi_order
 
@@ -24,8 +23,7 @@ def tiny_run(tiny_chat_model, tmp_path_factory):
                           num_train_epochs=1, per_device_train_batch_size=4, learning_rate=1e-3, save_steps=50,
                           logging_steps=1, max_length=128, keep_checkpoint_steps=2)
     run_multi_order(config, echo=lambda s: None, score_samples=sample_losses)
-    subprocess.run([tool("mergekit-yaml"), str(run / "recipes" / "average.yml"), str(run / "merged" / "average")],
-                   check=True, capture_output=True)
+    merge_in_process(run / "recipes" / "average.yml", run / "merged" / "average")  # the stock command: test_merge
     return run
 
 

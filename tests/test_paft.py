@@ -24,13 +24,9 @@ L1 = 0.05
 
 
 @pytest.fixture(scope="module")
-def tiny_bf16_base(tiny_chat_model, tmp_path_factory):
+def tiny_bf16_base(tmp_path_factory):
     """A 2-layer random Llama stored in bf16 (as the real base), SmolLM2's tokenizer and chat template."""
-    from transformers import AutoTokenizer
-
-    out = tmp_path_factory.mktemp("paft-tiny") / "base"
-    # The tokenizer from the session's tiny model: parsing it from the GGUF again costs ~20 s.
-    return tiny_llama(out, AutoTokenizer.from_pretrained(tiny_chat_model), dtype="bfloat16", max_positions=512)
+    return tiny_llama(tmp_path_factory.mktemp("paft-tiny") / "base", dtype="bfloat16", max_positions=512)
 
 
 def sft_config(base, **kw) -> SFTRunConfig:

@@ -26,6 +26,7 @@ def reference_data() -> Path:
     return data
 
 
+@pytest.mark.slow
 def test_humaneval_reference_solutions_all_pass():
     docs = load_local_docs("humaneval", reference_data())
     outcomes = run_jobs([reference_job("humaneval", d) for d in docs], Limits(timeout_s=10), progress=False, mode=BEST)
@@ -33,6 +34,7 @@ def test_humaneval_reference_solutions_all_pass():
     assert [d["task_id"] for d, o in zip(docs, outcomes) if not o.passed] == []
 
 
+@pytest.mark.slow
 def test_mbpp_reference_solutions_pass():
     # Every 5th task plus the ones that need the wire's special cases; all 500 with
     # SFTMERGE_FULL_REFERENCE=1 (about 25 s on 2 cores; docs/security.md quotes that run).

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from tests.common import error_line, tool
-from sftmerge.train.config import SFTRunConfig, dump_config
+from tests.common import error_line
+from sftmerge.train.config import SFTRunConfig
 from sftmerge.train.hardware import has_bf16, resolve_precision, weights_dtype
 from sftmerge.train.sft import run_multi_order
 
@@ -142,22 +141,30 @@ def test_text_format_trains_a_base_without_chat_template(plain_base, tmp_path):
 
 
 @pytest.mark.slow
-def test_concurrent_order_jobs_equal_the_sequential_run(tiny_chat_model, tmp_path, clean_env):
-    """Two `--order k` jobs started at once on one run folder both finish, and give what
-    one sequential run gives: the same weights, config.yaml and recipes."""
-    seq = tiny_config(tiny_chat_model, tmp_path / "seq", orders=2)
-    run_multi_order(seq, echo=lambda _: None)
-    config = tmp_path / "c.yaml"
-    config.write_text(dump_config(tiny_config(tiny_chat_model, tmp_path / "par", orders=2)))
-    env = clean_env  # the same thread count as this process: the same float sums, bit for bit
-    jobs = [subprocess.Popen([tool("sftmerge"), "train", "sft", str(config), "--order", str(k)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for k in range(2)]
-    outs = [job.communicate(timeout=300) for job in jobs]
-    for job, (out, err) in zip(jobs, outs):
-        assert job.returncode == 0, err[-3000:]
+def test_orders_side_by_side_equal_the_sequential_run(tiny_chat_model, tmp_path):
+    """The pipeline's training pool (pipelines/train_pool.py): two orders in two worker processes at
+    once on one run folder give what one run in this process on one thread gives (the workers' thread
+    count), bit for bit: the weights, config.yaml, recipes and per-sample losses, nothing left over."""
+    from sftmerge.eval.losses import sample_losses
+    from sftmerge.pipelines.train_pool import train_side_by_side
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_multi_order(tiny_config(tiny_chat_model, tmp_path / "seq", orders=2), only=[1], echo=lambda _: None,
+                        score_samples=sample_losses)  # order 1 as the reference: orders train independently
+    finally:
+        torch.set_num_threads(threads)
+    lines = []
+    assert train_side_by_side(tiny_config(tiny_chat_model, tmp_path / "par", orders=2), [0, 1], False,
+                              lines.append, requested=2)
+    assert any("training 2 runs on 2 worker processes" in line for line in lines), lines
+    a, b = weights(tmp_path / "seq" / "order-1"), weights(tmp_path / "par" / "order-1")
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    losses = [(tmp_path / x / "order-1" / "sample_losses.jsonl").read_text() for x in ("seq", "par")]
+    assert losses[0] == losses[1]
     for k in range(2):
-        a, b = weights(tmp_path / "seq" / f"order-{k}"), weights(tmp_path / "par" / f"order-{k}")
-        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+        assert json.loads((tmp_path / "par" / f"order-{k}" / "summary.json").read_text())["threads"] == 1
     seq_cfg = (tmp_path / "seq" / "config.yaml").read_text()
     assert (tmp_path / "par" / "config.yaml").read_text() == seq_cfg.replace(str(tmp_path / "seq"), str(tmp_path / "par"))
     for recipe in sorted((tmp_path / "seq" / "recipes").iterdir()):

@@ -113,6 +113,7 @@ def write_records(outcome: OrderOutcome, folder: Path, scores: Optional[SampleSc
         "precision": outcome.precision,
         "saved_dtype": str(outcome.saved_dtype).removeprefix("torch."),
         "processes": outcome.processes,
+        "threads": torch.get_num_threads(),  # float sums (so the last bits of the weights) depend on it
         "distributed": outcome.distributed,
         "initial_weights_fingerprint": outcome.fingerprint,
         "lora": c.lora,

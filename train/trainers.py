@@ -7,6 +7,7 @@ import weakref
 from pathlib import Path
 from typing import Dict, List
 
+import torch
 from accelerate.utils import DistributedType
 from transformers import TrainerCallback
 from trl import SFTTrainer
@@ -14,6 +15,7 @@ from trl import SFTTrainer
 from sftmerge.io.layout import RunLayout
 from sftmerge.train.l1 import L1Delta
 from sftmerge.train.order import EpochOrderSampler
+from sftmerge.train.response_logits import IGNORE, accepts_positions, response_logits, token_nll
 from sftmerge.train.saving import merged_copy, save_hf_folder
 
 
@@ -30,7 +32,7 @@ class OrderedSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.accelerator.device.type == "cpu":
-            out = self._full_logits_loss(model, inputs, return_outputs, num_items_in_batch)
+            out = self._response_logits_loss(model, inputs, return_outputs, num_items_in_batch)
         else:
             out = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                        num_items_in_batch=num_items_in_batch)
@@ -49,16 +51,27 @@ class OrderedSFTTrainer(SFTTrainer):
         loss = loss + penalty
         return (loss, out[1]) if return_outputs else loss
 
-    def _full_logits_loss(self, model, inputs, return_outputs, num_items_in_batch):
-        """The model's own cross-entropy over the full logits: the same loss as TRL's (summed over the
-        response tokens, divided by `num_items_in_batch`), for training on CPUs.
+    def _response_logits_loss(self, model, inputs, return_outputs, num_items_in_batch):
+        """The cross-entropy summed over the response tokens and divided by `num_items_in_batch`
+        (TRL's loss), with vocabulary logits only at the positions that are trained, for CPUs.
 
         TRL's fused LM head never builds the full logits; without Triton (on a CPU) it scores every
         position in torch tiles, with entropy and top-1 metrics, which made training steps about 3x
-        slower than one full-logits cross-entropy for SmolLM2's 49k vocabulary. On GPUs it stays.
+        slower than one full-logits cross-entropy for SmolLM2's 49k vocabulary; logits at the
+        response positions only (train/response_logits.py) take a further share off. On GPUs TRL's
+        own loss stays.
         """
-        outputs = model(**{**inputs, "use_cache": False}, num_items_in_batch=num_items_in_batch)
-        loss = outputs.loss
+        labels = inputs.get("labels")
+        if labels is None:
+            outputs = model(**{**inputs, "use_cache": False}, num_items_in_batch=num_items_in_batch)
+            loss = outputs.loss
+        else:
+            rest = {k: v for k, v in inputs.items() if k != "labels"}
+            positions = accepts_positions(self.accelerator.unwrap_model(model))
+            outputs, logits, targets = response_logits(model, rest, labels, positions)
+            total = token_nll(logits, targets).sum()
+            count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE).sum()
+            loss = total / (count.to(total.device) if torch.is_tensor(count) else count)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as TRL and Trainer: DDP averages the gradients
         if model.training and "attention_mask" in inputs:  # TRL's token count, kept in the logs

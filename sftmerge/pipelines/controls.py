@@ -50,18 +50,18 @@ def seed_merges(merges, n_seeds: int) -> List[str]:
     return [v for variants in seed_variants(merges, n_seeds).values() for v in variants]
 
 
-def merge_in_process(run: RunLayout, name: str) -> bool:
-    """RUN/recipes/<name>.yml merged by `sftmerge merge`'s driver: mergekit's own run_merge in this
+def merge_in_process(recipe: Path, target: Path) -> bool:
+    """`recipe` merged into `target` by `sftmerge merge`'s driver: mergekit's own run_merge in this
     process (the same weights as the stock mergekit-yaml, without a new interpreter importing torch
-    and mergekit for each seed), with merge_report.json recording the seed. False if already there."""
+    and mergekit for each merge), with merge_report.json recording the seed. False if already there."""
     from mergekit.options import MergeOptions
 
     from sftmerge.hub.card import merge_with_card
     from sftmerge.merge.driver import load_recipe
 
-    if is_model_folder(run.merged(name)):
+    if is_model_folder(target):
         return False
-    merge_with_card(load_recipe(run.recipe(name)), run.merged(name), MergeOptions(copy_tokenizer=True))
+    merge_with_card(load_recipe(recipe), target, MergeOptions(copy_tokenizer=True))
     return True
 
 
@@ -106,13 +106,17 @@ def compute_matched_model(run: RunLayout) -> Path:
     return RunLayout(run.root / COMPUTE_MATCHED).order(0)
 
 
+def compute_matched_done(config) -> bool:
+    return RunLayout(compute_matched_config(config).output_dir).order_summary(0).is_file()
+
+
 def train_compute_matched(config, echo: Callable[[str], None]) -> bool:
     """Train the compute-matched single unless it is finished; True if it trained."""
     from sftmerge.train.sft import run_multi_order
 
-    cm = compute_matched_config(config)
-    if RunLayout(cm.output_dir).order_summary(0).is_file():
+    if compute_matched_done(config):
         return False
+    cm = compute_matched_config(config)
     echo(f"{COMPUTE_MATCHED}: one order, {cm.num_train_epochs} epochs (K = {config.orders} x "
          f"{config.num_train_epochs}) -> {cm.output_dir}")
     run_multi_order(cm, echo=echo)
@@ -120,6 +124,20 @@ def train_compute_matched(config, echo: Callable[[str], None]) -> bool:
 
 
 # ------------------------------------------------------------------ evaluation of the controls
+
+def ensemble_call(run: RunLayout, task: str, settings, config) -> list:
+    """[(name, evaluation)] of the output ensemble when asked for and not done, for evaluate_models
+    to run beside the single models (eval/cpu_pool.py `Call`); else []."""
+    from sftmerge.eval.cpu_pool import Call
+    from sftmerge.eval.ensemble import ENSEMBLE, supports
+
+    ev = settings.eval_settings()
+    if not (settings.ensemble and supports(task)) or evaluated(run.eval_result(ENSEMBLE, task), ev):
+        return []
+    members = [str(run.order(k)) for k in range(config.orders)]
+    return [(ENSEMBLE, Call("sftmerge.eval.ensemble:evaluate_ensemble", (members, [task], ev, run.eval_root),
+                            dict(name=ENSEMBLE, summary=False), models=len(members)))]
+
 
 def eval_controls(run: RunLayout, task: str, settings, config, backend: str,
                   echo: Callable[[str], None]) -> List[str]:

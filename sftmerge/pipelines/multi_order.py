@@ -22,8 +22,8 @@ from sftmerge.errors import SftmergeError
 from sftmerge.io.fsutil import write_json
 from sftmerge.io.layout import MODEL_CONFIG, RunLayout, is_model_folder
 from sftmerge.merge.recipes import DEMO_METHODS, METHODS
-from sftmerge.pipelines.controls import (COMPUTE_MATCHED, eval_controls, evaluated, record_stock_merge, seed_merges,
-                                         train_compute_matched)
+from sftmerge.pipelines.controls import (COMPUTE_MATCHED, compute_matched_done, ensemble_call, eval_controls,
+                                         evaluated, record_stock_merge, seed_merges, train_compute_matched)
 
 MERGES = DEMO_METHODS  # recipe names of sftmerge.merge.recipes
 STAGES = ("base", "train", "merge", "eval", "imbalance", "report")
@@ -82,19 +82,23 @@ def stage_base(config) -> StageResult:
 
 
 def stage_train(config, echo, compute_matched: bool = False) -> StageResult:
+    """The K orders (and the compute-matched single): side by side on a CPU (pipelines/train_pool.py),
+    else one after the other."""
     from sftmerge.eval.losses import sample_losses
+    from sftmerge.pipelines.train_pool import train_side_by_side
     from sftmerge.train.sft import run_multi_order
 
     run = RunLayout(config.output_dir)
-    before = sum(run.order_summary(k).is_file() for k in range(config.orders))
-    run_multi_order(config, echo=echo, score_samples=sample_losses)
-    new = config.orders - before
-    message = f"{new} new, {before} already there"
+    todo = [k for k in range(config.orders) if not run.order_summary(k).is_file()]
+    matched = compute_matched and not compute_matched_done(config)
+    if not train_side_by_side(config, todo, matched, echo):
+        run_multi_order(config, echo=echo, score_samples=sample_losses)
+        if matched:
+            train_compute_matched(config, echo)
+    message = f"{len(todo)} new, {config.orders - len(todo)} already there"
     if compute_matched:
-        trained = train_compute_matched(config, echo)
-        message += f"; {COMPUTE_MATCHED}: {'trained' if trained else 'already there'}"
-        new += trained
-    return StageResult(new > 0, message)
+        message += f"; {COMPUTE_MATCHED}: {'trained' if matched else 'already there'}"
+    return StageResult(bool(todo) or matched, message)
 
 
 def stage_merge(run: RunLayout, merges, echo, in_process=()) -> StageResult:
@@ -118,9 +122,13 @@ def stage_merge(run: RunLayout, merges, echo, in_process=()) -> StageResult:
     workers = max(1, min(STOCK_WORKERS, os.cpu_count() or 1, len(outside)))
     echo(f"merging {len(merges)} recipes: {len(outside)} by the stock mergekit-yaml ({workers} at a time), "
          f"{len(merges) - len(outside)} in this process")
-    with ThreadPoolExecutor(workers) as pool:  # a failure surfaces once the running merges end
-        finished = list(pool.map(lambda name: timed(stock, name), outside))
-    finished += [timed(lambda name: merge_in_process(run, name), m) for m in merges if m in in_process]
+    # The in-process merges run while the stock ones start their interpreters (seconds of imports
+    # each); a failure surfaces once the running merges end.
+    with ThreadPoolExecutor(workers) as pool:
+        stock_runs = pool.map(lambda name: timed(stock, name), outside)
+        finished = [timed(lambda name: merge_in_process(run.recipe(name), run.merged(name)), m)
+                    for m in merges if m in in_process]
+        finished = list(stock_runs) + finished
     done = 0
     for name, made, seconds in finished:
         if made:
@@ -144,11 +152,12 @@ def stage_eval(run: RunLayout, task: str, settings: DemoSettings, config, echo) 
     # The base on the same problems: the reference that shows what fine-tuning bought.
     models = [config.base, *models_of(run, settings.all_merges())]
     todo = [m for m in models if not evaluated(run.eval_result(Path(m).name, task), ev)]
+    calls = ensemble_call(run, task, settings, config) if todo else []  # beside the models, when pooled
     if todo:
-        failures = evaluate_models(todo, [task], ev, backend, run.eval_root, echo=echo)
+        failures = evaluate_models(todo, [task], ev, backend, run.eval_root, echo=echo, summary=False, calls=calls)
         if failures:
             raise SftmergeError(f"evaluation failed: {'; '.join(failures)}")
-    controls = eval_controls(run, task, settings, config, backend, echo)
+    controls = [name for name, _ in calls] + eval_controls(run, task, settings, config, backend, echo)
     write_summary(run.eval_root)
     n = len(todo) + len(controls)
     return StageResult(n > 0, f"{n} evaluated, {len(models) + len(_controls(settings, task)) - n} already there")

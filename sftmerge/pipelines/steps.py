@@ -1,8 +1,8 @@
 """Figure 4 of arXiv 2410.03743: held-out loss against training step, single runs vs their merge.
 
 At every step where all K orders kept a snapshot (`keep_checkpoint_steps`), plus the
-final step, the K same-step models are merged with one recipe through the stock
-`mergekit-yaml`, and every model's loss on held-out problems is computed as training
+final step, the K same-step models are merged with one recipe by `sftmerge merge`'s driver
+(mergekit's run_merge, in this process), and every model's loss on held-out problems is computed as training
 computes per-sample losses (token-weighted mean over the response tokens). Step 0 is the base.
 """
 
@@ -58,7 +58,7 @@ def step_curves(run: Path, out: Path, method: str = "select", limit: int = 100, 
     from tqdm.auto import tqdm
 
     from sftmerge.merge.recipes import METHODS, render
-    from sftmerge.merge.stock import mergekit_yaml
+    from sftmerge.pipelines.controls import merge_in_process
     from sftmerge.train.prepared import prepared_dataset, run_config
 
     if method not in METHODS:
@@ -78,7 +78,7 @@ def step_curves(run: Path, out: Path, method: str = "select", limit: int = 100, 
                                   made_by=f"Made by `sftmerge analyze steps` for step {step} of {run}.",
                                   path=str(recipe)))
         merged = out / "merged" / step_name(step)
-        mergekit_yaml(recipe, merged)
+        merge_in_process(recipe, merged)  # the merge driver: no interpreter start per step
         for k, m in enumerate(models):
             rows.append({"step": step, "model": order_name(k), "loss": mean_loss(m, dataset)})
         rows.append({"step": step, "model": method, "loss": mean_loss(merged, dataset)})
