@@ -21,7 +21,8 @@ TRAIN_FLAGS_LEFT_OUT = ("seed",)  # --seed is the paired bootstrap's seed here
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Local evaluation data (gsm8k/, mbpp/, alpaca_eval/) instead of the Hub.")
 @click.option("--backend", type=click.Choice(["auto", "vllm", "hf"]), default="auto", show_default=True)
-@click.option("--batch-size", type=int, default=50, show_default=True, help="Evaluation batch size (>= 1).")
+@click.option("--batch-size", type=int, default=100, show_default=True,
+              help="Evaluation batch size (>= 1); DemoSettings.batch_size.")
 @click.option("--allow-code-execution", is_flag=True, help="Needed for data=code (MBPP runs model-written code).")
 @click.option("--allow-weak-sandbox", is_flag=True,
               help="Run model-written code even without bubblewrap (weaker isolation; docs/security.md).")
