@@ -65,9 +65,9 @@ def _fp32_bytes(model_dir: str) -> int:
 
 @dataclass(frozen=True)
 class Call:
-    """An evaluation by the import name of its function ("module:function") and its arguments, run
-    in a worker or in this process alike; the function takes `echo=` and returns failure lines.
-    `models` is how many models it holds at once (for the memory bound)."""
+    """A job (an evaluation, a training run) by the import name of its function ("module:function")
+    and its arguments, run in a worker or in this process alike; the function takes `echo=` and
+    returns failure lines. `models` is how many models it holds at once (for the memory bound)."""
 
     target: str
     args: tuple
@@ -122,7 +122,7 @@ def serve(job_file: str) -> None:
         name, call = job["jobs"][int(line)]
         try:
             failures = call(echo=lambda text: _send(events, {"line": text}))
-        except Exception as e:  # evaluate_models reports per task; anything else still ends as a line
+        except Exception as e:  # evaluate_models reports per task; anything else (a training run's error) is a line
             first = str(e).splitlines()[0][:300] if str(e) else ""
             failures = [f"{name}: {type(e).__name__}: {first}"]
         _send(events, {"job": name, "failures": failures})
