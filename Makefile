@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml _build/backend.py
 
 # One worker (pytest-xdist) more than cores, at most 8, each on one share of the cores
 # (tests/conftest.py), one test file each at a time, the files with the most slow tests first.
-# The extra worker computes while another waits on a subprocess or a timeout (2 cores: 6 min 37 s
-# on 3 workers against 7 min 14 s on 2).
+# The extra worker computes while another waits on a subprocess or a timeout (2 cores: 5 min 28 s
+# on 3 workers of one thread each, 6 min 37 s on 3 of two threads, 7 min 14 s on 2 workers).
 PYTEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 8 ? n + 1 : 8 )))
 PYTEST_XDIST = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: setup
