@@ -54,7 +54,7 @@ def available_memory() -> Optional[int]:
     return None
 
 
-def _fp32_bytes(model_dir: str) -> int:
+def fp32_bytes(model_dir: str) -> int:
     from sftmerge.io.checkpoint import shapes
 
     try:
@@ -90,15 +90,20 @@ def plan(models: Sequence[str], backend: str, requested: Optional[int], jobs: Op
         return 0
     if requested is not None:
         return min(requested, jobs)
-    sizes = [_fp32_bytes(m) for m in models]
+    sizes = [fp32_bytes(m) for m in models]
     # Worth a worker's start: two jobs of large models at least (a further call holds large ones).
     if sum(size >= MIN_POOLED_BYTES for size in sizes) + jobs - len(models) < 2:
         return 0
-    largest = max(sizes)
-    workers = min(cores(), jobs)
+    return bounded(jobs, PER_MODEL_OVERHEAD * max(sizes) * max(1, held))
+
+
+def bounded(jobs: int, bytes_per_worker: float, per_core: int = 1) -> int:
+    """Workers for `jobs`: at most `per_core` per core and as many as MEMORY_SHARE of the available
+    memory holds at `bytes_per_worker` each; 0 when fewer than 2."""
+    workers = min(jobs, per_core * cores())
     memory = available_memory()
     if memory is not None:
-        workers = min(workers, int(memory * MEMORY_SHARE // (PER_MODEL_OVERHEAD * largest * max(1, held))))
+        workers = min(workers, int(memory * MEMORY_SHARE // bytes_per_worker))
     return workers if workers >= 2 else 0
 
 

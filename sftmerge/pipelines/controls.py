@@ -142,14 +142,13 @@ def ensemble_call(run: RunLayout, task: str, settings, config) -> list:
 def eval_controls(run: RunLayout, task: str, settings, config, backend: str,
                   echo: Callable[[str], None]) -> List[str]:
     """Score the ensemble and the compute-matched single where asked for and not done; their names."""
-    from sftmerge.eval.ensemble import ENSEMBLE, evaluate_ensemble, run_tasks, supports
+    from sftmerge.eval.ensemble import run_tasks
 
     ev = settings.eval_settings()
     done, failures = [], []
-    if settings.ensemble and supports(task) and not evaluated(run.eval_result(ENSEMBLE, task), ev):
-        members = [str(run.order(k)) for k in range(config.orders)]
-        failures += evaluate_ensemble(members, [task], ev, run.eval_root, echo=echo, summary=False)
-        done.append(ENSEMBLE)
+    for name, call in ensemble_call(run, task, settings, config):  # when the models' pool did not run it
+        failures += call(echo=echo)
+        done.append(name)
     if settings.compute_matched and not evaluated(run.eval_result(COMPUTE_MATCHED, task), ev):
         from sftmerge.eval.backends import load_model
 

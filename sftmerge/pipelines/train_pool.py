@@ -13,39 +13,34 @@ threads); the thread count is recorded in its summary.json.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, List, Optional, Sequence
 
 from sftmerge.errors import SftmergeError
 from sftmerge.io.layout import order_name
 from sftmerge.pipelines.controls import COMPUTE_MATCHED, train_compute_matched
 
-# fp32 weights, gradients and AdamW's two moments (16 bytes), activations and logits besides
-TRAIN_BYTES_PER_PARAM = 24
+# fp32 weights, gradients and AdamW's two moments (16 bytes a parameter), activations and logits
+# besides: 6 times the model's fp32 bytes per training
+TRAIN_BYTES_PER_FP32_BYTE = 6
 
 
 def workers(base: str, jobs: int, requested: Optional[int] = None) -> int:
     """How many trainings run side by side (0: one after the other in this process)."""
     import torch
 
-    from sftmerge.eval.cpu_pool import MEMORY_SHARE, MIN_POOLED_BYTES, available_memory, cores
-    from sftmerge.io.checkpoint import shapes
+    from sftmerge.eval.cpu_pool import MIN_POOLED_BYTES, bounded, cores, fp32_bytes
 
     if jobs < 2 or torch.cuda.is_available():
         return 0
     if requested is not None:
         return min(requested, jobs) if requested >= 2 else 0
     try:
-        params = sum(math.prod(s) for s in shapes(base).values())
-    except Exception:  # not a local safetensors folder: no estimate, no pool
+        size = fp32_bytes(base)
+    except Exception:  # not a local model folder: no estimate, no pool
         return 0
-    if cores() < 2 or 4 * params < MIN_POOLED_BYTES:  # a worker's start would cost more than it saves
+    if cores() < 2 or size < MIN_POOLED_BYTES:  # a worker's start would cost more than it saves
         return 0
-    n = min(jobs, 2 * cores())
-    memory = available_memory()
-    if memory is not None:
-        n = min(n, int(memory * MEMORY_SHARE // (TRAIN_BYTES_PER_PARAM * params)))
-    return n if n >= 2 else 0
+    return bounded(jobs, TRAIN_BYTES_PER_FP32_BYTE * size, per_core=2)
 
 
 def train_order(config, k: int, echo: Callable[[str], None]) -> List[str]:
