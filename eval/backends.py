@@ -159,13 +159,14 @@ def model_name(model_dir: str) -> str:
     return Path(model_dir).resolve().name
 
 
-def _direct(model: LoadedModel) -> bool:
-    """The HF backend's own greedy generation and scoring (eval/hf_direct.py) apply to this model."""
-    if model.backend != "hf":
-        return False
+def _direct(model: LoadedModel) -> list:
+    """The lm-eval HF models that eval/hf_direct.py decodes and scores for `model`: the model on the
+    HF backend, an output ensemble's members (its LM's `direct_members`); [] where it does not apply
+    (vLLM, or a generation config that changes greedy decoding)."""
     from sftmerge.eval.hf_direct import direct_greedy_ok
 
-    return direct_greedy_ok(model.lm.model)
+    lms = [model.lm] if model.backend == "hf" else list(getattr(model.lm, "direct_members", []))
+    return lms if lms and all(direct_greedy_ok(lm.model) for lm in lms) else []
 
 
 def _batch_size(model: LoadedModel) -> int:
@@ -176,10 +177,11 @@ def generate(model: LoadedModel, prompts: List[str], max_new_tokens: int, until:
              do_sample: bool = False, temperature: float = 0.0) -> List[str]:
     """Batched generation of the prompts: greedy on the HF backend by eval/hf_direct.py, else
     (vLLM, sampling) through the backend's lm-eval `generate_until`."""
-    if not do_sample and _direct(model):
+    lms = [] if do_sample else _direct(model)
+    if lms:
         from sftmerge.eval import hf_direct
 
-        return hf_direct.generate(model.lm, prompts, max_new_tokens, until, _batch_size(model))
+        return hf_direct.generate(lms, prompts, max_new_tokens, until, _batch_size(model))
     from lm_eval.api.instance import Instance
 
     kwargs = {"until": list(until), "max_gen_toks": max_new_tokens, "do_sample": do_sample}
@@ -211,10 +213,11 @@ def generate_and_score(model: LoadedModel, prompts: List[str], continuations: Li
     """Greedy answers to the prompts, and `continuation_logprobs` of each (prompt, continuation):
     on the HF backend from one pass per prompt (eval/hf_direct.py)."""
     pairs = list(zip(prompts, continuations))
-    if _direct(model):
+    lms = _direct(model)
+    if lms:
         from sftmerge.eval import hf_direct
 
-        texts, logprobs = hf_direct.generate_and_score(model.lm, prompts, continuations, max_new_tokens, until,
+        texts, logprobs = hf_direct.generate_and_score(lms, prompts, continuations, max_new_tokens, until,
                                                        _batch_size(model))
         return texts, _with_counts(model, pairs, logprobs)
     return generate(model, prompts, max_new_tokens, until), continuation_logprobs(model, pairs)

@@ -3,21 +3,23 @@
 The ensemble is an lm-eval `LM`, so the task runners (eval/arith.py, eval/gsm8k.py) use it
 unchanged:
 
-- `generate_until`: greedy decoding where each next token is the argmax of the MEAN over
-  the K models of their next-token log-probabilities (log-softmax), one KV cache per model,
-  prompts batched as lm-eval's HF backend batches them (sorted by length, left-padded); a
-  sequence leaves the batch at its EOS token or stop string, and the text is cut as
-  lm-eval cuts it.
-- `loglikelihood`: the mean over the K models of each request's log-likelihood, so a
-  task's per-sample loss (-log-likelihood / tokens) is the mean of the K models' losses on
-  that sample, and paired tests pair it problem by problem.
+- generation: greedy decoding where each next token is the argmax of the MEAN over the K
+  models of their next-token log-probabilities (log-softmax), one KV cache per model, by
+  eval/hf_direct.py as for a single model (through the backend, the LM's `direct_members`;
+  lm-eval's own requests through `generate_until`): each member runs its own pass over prompt
+  and reference, the members' caches then decode together, and a sequence leaves the batch at
+  its EOS token or stop string;
+- log-likelihood: the mean over the K models of each request's log-likelihood, so a task's
+  per-sample loss (-log-likelihood / tokens) is the mean of the K models' own losses on that
+  sample (from the same passes as their own evaluations), and paired tests pair it problem
+  by problem.
 
-Each member is loaded by the HF backend (eval/backends.py `load_model`) and scored by the
-backend's own `continuation_logprobs`, so its log-likelihoods are those of its own
-evaluation. The ensemble's backend is `hf-ensemble`, which the backend's direct HF paths
-leave alone, and its LM has no `model` attribute: a task that bypassed `generate_until` /
-`loglikelihood` fails instead of silently scoring one member. Tasks that sample (code
-pass@k) or judge (alpaca) are not supported.
+Each member is loaded by the HF backend (eval/backends.py `load_model`); a request scored
+alone goes through the backend's own `continuation_logprobs` per member (`loglikelihood`).
+The ensemble's backend is `hf-ensemble`, and its LM has no `model` attribute: a task that
+bypassed the backend's functions fails instead of silently scoring one member. Tasks that
+sample (code pass@k) or judge (alpaca) are not supported, nor members whose generation
+config changes greedy decoding (a repetition penalty, ...).
 """
 
 from __future__ import annotations
@@ -52,11 +54,9 @@ def _lm_class():
             super().__init__()
             self.loaded = list(members)
             self.members = [m.lm for m in self.loaded]  # lm-eval HFLMs
-            self.lead = self.members[0]  # tokenizes and decodes for all (members share one tokenizer)
+            self.direct_members = self.members  # decoded together by eval/hf_direct.py (eval/backends.py)
+            self.lead = self.members[0]  # tokenizes for all (members share one tokenizer)
             self.batch_size = batch_size
-            config = self.lead.model.generation_config
-            eos = config.eos_token_id if config.eos_token_id is not None else self.lead.tokenizer.eos_token_id
-            self.eos_ids = {eos} if isinstance(eos, int) else set(eos)
 
         def tok_encode(self, string: str, **kwargs):
             return self.lead.tok_encode(string, **kwargs)
@@ -71,92 +71,35 @@ def _lm_class():
             raise SftmergeError("the output ensemble scores continuations only (no rolling log-likelihood)")
 
         def generate_until(self, requests, disable_tqdm: bool = False):
-            from lm_eval.models.utils import (Collator, handle_stop_sequences, normalize_gen_kwargs,
-                                              postprocess_generated_text)
+            """lm-eval's generation requests (tasks run by lm-eval's evaluator, such as gsm8k), grouped
+            by their generation settings, decoded by eval/hf_direct.py as the backend decodes."""
+            import json
+
+            from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+
+            from sftmerge.eval.hf_direct import direct_greedy_ok, generate
 
             lead = self.lead
-            # As lm-eval's HFLM.generate_until: longest prompts first, grouped by generation settings.
-            order = Collator([r.args for r in requests], sort_fn=lambda r: (-len(lead.tok_encode(r[0])), r[0]),
-                             group_by="gen_kwargs", group_fn=lambda r: r[1])
+            if not all(direct_greedy_ok(m.model) for m in self.members):
+                raise SftmergeError("the output ensemble decodes by the plain argmax of its members' mean "
+                                    "log-probabilities: a member's generation config changes greedy decoding")
             eos = lead.tok_decode(lead.eot_token_id, skip_special_tokens=False)
-            out = []
-            for chunk in order.get_batched(n=self.batch_size):
-                contexts, all_kwargs = zip(*chunk)
-                kwargs = normalize_gen_kwargs(all_kwargs[0], lead.max_gen_toks)
+            groups: dict = {}
+            for i, request in enumerate(requests):
+                groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(i)
+            out: List[str] = [""] * len(requests)
+            for indices in groups.values():
+                kwargs = normalize_gen_kwargs(requests[indices[0]].args[1], lead.max_gen_toks)
                 if kwargs.get("do_sample"):
                     raise SftmergeError("the output ensemble decodes greedily; this task samples (do_sample)")
                 until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
-                max_new = kwargs.pop("max_gen_toks")
-                ids, mask = lead.tok_batch_encode(list(contexts), left_truncate_len=lead.max_length - max_new,
-                                                  truncation=lead.truncation)
-                for row in self.greedy(ids, mask, max_new, until):
-                    out.append(postprocess_generated_text(lead.tok_decode(row), until, None))
-            return order.get_original(out)
-
-        def greedy(self, ids, mask, max_new: int, until: List[str]) -> List[List[int]]:
-            """Each row's new tokens, greedy on the members' mean log-probabilities; a row leaves the
-            batch (and every member's KV cache) the step it emits an EOS id or completes a stop string."""
-            import torch
-
-            lead = self.lead
-            ids, mask = ids.to(lead.device), mask.to(lead.device)
-            # Positions and mask as transformers' generate sets them for left-padded prompts.
-            positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-            attention = None if bool(mask.all()) else mask
-            stops = _StopStrings(lead.tokenizer, until)
-            key = _cache_argument(lead.model)
-            caches: list = [None] * len(self.members)
-            alive = list(range(ids.shape[0]))
-            out: List[List[int]] = [[] for _ in alive]
-            step = ids
-            with torch.no_grad():
-                for _ in range(max_new):
-                    total = None
-                    for i, m in enumerate(self.members):
-                        res = m.model(input_ids=step, attention_mask=attention, position_ids=positions,
-                                      use_cache=True, logits_to_keep=1, **{key: caches[i]})
-                        caches[i] = res[key]
-                        logp = torch.log_softmax(res.logits[:, -1].float(), dim=-1)
-                        total = logp if total is None else total + logp
-                    nxt = total.argmax(-1)  # the argmax of the sum is the argmax of the mean
-                    stay = []
-                    for j, row in enumerate(alive):
-                        out[row].append(int(nxt[j]))
-                        if out[row][-1] not in self.eos_ids and not stops.hit(out[row]):
-                            stay.append(j)
-                    if not stay:
-                        break
-                    if len(stay) < len(alive):
-                        keep = torch.tensor(stay, device=nxt.device)
-                        for cache in caches:
-                            cache.batch_select_indices(keep)
-                        alive, nxt, positions = [alive[j] for j in stay], nxt[keep], positions[keep]
-                        attention = attention[keep] if attention is not None else None
-                    step, positions = nxt[:, None], positions[:, -1:] + 1
-                    if attention is not None:
-                        attention = torch.cat([attention, attention.new_ones(len(alive), 1)], dim=1)
+                texts = generate(self.members, [requests[i].args[0] for i in indices], kwargs.pop("max_gen_toks"),
+                                 until, self.batch_size)
+                for i, text in zip(indices, texts):
+                    out[i] = text
             return out
 
     return EnsembleLM
-
-
-class _StopStrings:
-    """lm-eval's stop-string test (MultiTokenEOSCriteria), one row at a time: a stop string counts
-    once it is in the decoded last (its token count + 2) generated tokens."""
-
-    def __init__(self, tokenizer, until: Sequence[str]):
-        self.tokenizer = tokenizer
-        self.strings = [(s, len(tokenizer.encode(s, add_special_tokens=False)) + 2) for s in until if s]
-
-    def hit(self, generated: List[int]) -> bool:
-        return any(s in self.tokenizer.decode(generated[-n:]) for s, n in self.strings)
-
-
-def _cache_argument(model) -> str:
-    """The forward's KV-cache argument: `cache` (transformers 5), `past_key_values` before it."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def check_members(members: Sequence[str]) -> None:
@@ -221,6 +164,7 @@ def evaluate_ensemble(members: Sequence[str], tasks: Sequence[str], settings: Ev
     if any(t == "gsm8k_trained" for t in tasks):
         _check_same_format(members)
     model = load_ensemble(members, settings.batch_size, settings.seed, name)
+    Path(out).mkdir(parents=True, exist_ok=True)
     failures = run_tasks(model, tasks, settings, out, echo)
     if summary:
         from sftmerge.eval.summary import write_summary

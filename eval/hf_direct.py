@@ -12,7 +12,10 @@ pays for the prompt twice. Here, on HFLM's own loaded model and with its tokeniz
   special tokens, cut at the first stop string;
 - scoring computes vocabulary logits only where a continuation token is scored;
 - `generate_and_score` runs each prompt with its reference continuation once: the score
-  comes from that pass, and generation goes on from the same pass's cache of the prompt.
+  comes from that pass, and generation goes on from the same pass's cache of the prompt;
+- an output ensemble's members (eval/ensemble.py) run the same way, each with its own pass and
+  cache, decoding together on the mean of their log-softmax, so each member's scores are those
+  of its own evaluation.
 
 Scores follow lm-eval's `loglikelihood`, including its split of context and continuation:
 trailing whitespace of the context is scored as part of the continuation. Sampling, and a
@@ -140,11 +143,20 @@ def _layout(rows: Sequence[_Row], shared: int, pad: int):
     return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)[:, shared:], width_p
 
 
-def _run_batch(fwd: _Model, rows: Sequence[_Row], stops, max_new: int):
-    """One pass over prompts (+ tails), then greedy steps that drop each row the step it ends.
-    A prefix common to all rows is run once.
+@dataclass
+class _Prefill:
+    """One model's pass over a batch: its KV cache of the prompts, the logits of each row's first
+    new token, and the targets' summed log-probs."""
 
-    Returns ({row index: generated tokens}, {request index: summed log-prob of its target})."""
+    cache: object
+    mask: torch.Tensor  # over the prompts' columns (prefix included)
+    position: torch.Tensor  # of each prompt's last token
+    next_logits: torch.Tensor  # (rows, vocab); empty without generation
+    scores: Dict[int, float]
+
+
+def _prefill(fwd: _Model, rows: Sequence[_Row], generating: bool) -> _Prefill:
+    """One pass over prompts (+ tails); a prefix common to all rows is run once."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=fwd.model.config)
@@ -159,7 +171,7 @@ def _run_batch(fwd: _Model, rows: Sequence[_Row], stops, max_new: int):
     for i, r in enumerate(rows):
         end = width_p + len(r.tail)
         keep[i, end - _scored(r):end] = True
-        if stops:
+        if generating:
             keep[i, width_p - 1] = True
     ids, mask, positions = ids.to(fwd.device), mask.to(fwd.device), positions.to(fwd.device)
     logits = fwd(cache, input_ids=ids, attention_mask=mask, position_ids=positions,
@@ -175,18 +187,39 @@ def _run_batch(fwd: _Model, rows: Sequence[_Row], stops, max_new: int):
             log_probs = torch.log_softmax(block[first:first + n].float(), -1)
             for request, tokens in r.targets:
                 scores[request] = float(log_probs.gather(-1, torch.tensor(tokens, device=fwd.device)[:, None]).sum())
-        if stops:
+        if generating:
             next_logits.append(block[columns.index(width_p - 1)])
+    if generating and ids.shape[1] > width_p:
+        cache.crop(width_p - ids.shape[1])  # drop the tails: negative = tokens to remove, in every transformers 5
+    return _Prefill(cache, mask[:, :shared + width_p], positions[:, width_p - 1],
+                    torch.stack(next_logits) if next_logits else logits[:0], scores)
+
+
+def _pick(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The next token of each row: the argmax of one model's logits; of several models (an output
+    ensemble), the argmax of the sum (so of the mean) of their log-softmax."""
+    if len(logits) == 1:
+        return logits[0].argmax(-1)
+    return sum(torch.log_softmax(x.float(), dim=-1) for x in logits).argmax(-1)
+
+
+def _run_batch(fwds: Sequence[_Model], rows: Sequence[_Row], stops, max_new: int):
+    """Each model's pass over the batch, then greedy steps on all of them together that drop each
+    row the step it ends.
+
+    Returns ({row index: generated tokens}, {request index: summed log-prob of its target, the
+    mean over the models})."""
+    passes = [_prefill(fwd, rows, stops is not None) for fwd in fwds]
+    scores = {request: sum(p.scores[request] for p in passes) / len(passes) for request in passes[0].scores}
     if not stops:
         return {}, scores
-    if ids.shape[1] > width_p:
-        cache.crop(width_p - ids.shape[1])  # drop the tails: negative = tokens to remove, in every transformers 5
-    first_tokens = torch.stack(next_logits).argmax(-1)
-    return _greedy(fwd, rows, cache, mask[:, :shared + width_p], positions[:, width_p - 1], first_tokens, stops,
-                   max_new), scores
+    first = passes[0]
+    return _greedy(fwds, rows, [p.cache for p in passes], first.mask, first.position,
+                   _pick([p.next_logits for p in passes]), stops, max_new), scores
 
 
-def _greedy(fwd: _Model, rows, cache, mask, position, token, stops: _Stops, max_new: int) -> Dict[int, List[int]]:
+def _greedy(fwds: Sequence[_Model], rows, caches, mask, position, token, stops: _Stops,
+            max_new: int) -> Dict[int, List[int]]:
     out = {r.index: [] for r in rows}
     alive = list(range(len(rows)))
     for step in range(max_new):
@@ -197,16 +230,16 @@ def _greedy(fwd: _Model, rows, cache, mask, position, token, stops: _Stops, max_
                 stay.append(j)
         if not stay or step == max_new - 1:
             break
-        if len(stay) < len(alive):  # ended rows leave the batch (and the cache)
+        if len(stay) < len(alive):  # ended rows leave the batch (and the caches)
             keep = torch.tensor(stay, device=token.device)
-            cache.batch_select_indices(keep)
+            for cache in caches:
+                cache.batch_select_indices(keep)
             alive = [alive[j] for j in stay]
             mask, position, token = mask[keep], position[keep], token[keep]
         mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
         position = position + 1
-        logits = fwd(cache, input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None],
-                     logits_to_keep=1)
-        token = logits[:, -1].argmax(-1)
+        token = _pick([fwd(cache, input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None],
+                           logits_to_keep=1)[:, -1] for fwd, cache in zip(fwds, caches)])
     return out
 
 
@@ -235,7 +268,7 @@ def score(lm, pairs: Sequence[Tuple[str, str]], batch_size: int) -> List[float]:
         row.targets.append((i, cont))
     fwd, scores = _Model(lm), {}
     for batch in _batches(list(rows.values()), batch_size):
-        scores.update(_run_batch(fwd, batch, None, 0)[1])
+        scores.update(_run_batch([fwd], batch, None, 0)[1])
     return [scores[i] for i in range(len(pairs))]
 
 
@@ -246,41 +279,47 @@ def _prompt_tokens(lm, text: str, max_new: int) -> List[int]:
     return lm.tok_encode(text)[-room:]
 
 
-def generate(lm, prompts: Sequence[str], max_new_tokens: int, until: Sequence[str], batch_size: int) -> List[str]:
+def generate(lms: Sequence, prompts: Sequence[str], max_new_tokens: int, until: Sequence[str],
+             batch_size: int) -> List[str]:
     """Greedy continuations of the prompts, each cut at its end (EOS or a stop string)."""
-    texts, _ = generate_and_score(lm, prompts, None, max_new_tokens, until, batch_size)
+    texts, _ = generate_and_score(lms, prompts, None, max_new_tokens, until, batch_size)
     return texts
 
 
-def generate_and_score(lm, prompts: Sequence[str], continuations, max_new_tokens: int, until: Sequence[str],
-                       batch_size: int) -> Tuple[List[str], List[float]]:
+def generate_and_score(lms: Sequence, prompts: Sequence[str], continuations, max_new_tokens: int,
+                       until: Sequence[str], batch_size: int) -> Tuple[List[str], List[float]]:
     """Greedy answers to the prompts and, when `continuations` are given, each one's summed
     log-prob given its prompt (lm-eval's split), from one pass per prompt where the tokens allow.
 
+    `lms`: one model, or the members of an output ensemble (one tokenizer), which decode together
+    on the mean of their log-softmax and score as the mean of their log-probs; the first tokenizes.
     The pass is shared when the prompt's tokens begin the tokens of prompt + continuation and
     nothing is truncated; any other pair is generated and scored separately."""
-    fwd, stops = _Model(lm), _Stops(lm, until)
+    lead = lms[0]
+    fwds, stops = [_Model(lm) for lm in lms], _Stops(lead, until)
     rows, alone = [], []
     for i, text in enumerate(prompts):
-        prompt = _prompt_tokens(lm, text, max_new_tokens)
+        prompt = _prompt_tokens(lead, text, max_new_tokens)
         if continuations is None:
             rows.append(_Row(i, prompt, [], []))
             continue
-        ctx, cont = encode_pair(lm, text, continuations[i])
+        ctx, cont = encode_pair(lead, text, continuations[i])
         whole = ctx + cont
-        if whole[:len(prompt)] == prompt and len(prompt) < len(whole) <= lm.max_length + 1 \
-                and len(prompt) + max_new_tokens <= lm.max_length:
+        if whole[:len(prompt)] == prompt and len(prompt) < len(whole) <= lead.max_length + 1 \
+                and len(prompt) + max_new_tokens <= lead.max_length:
             rows.append(_Row(i, prompt, whole[len(prompt):-1], [(i, cont)]))
         else:
             rows.append(_Row(i, prompt, [], []))
             alone.append(i)
     generated, scores = {}, {}
     for batch in _batches(rows, batch_size):
-        g, s = _run_batch(fwd, batch, stops, max_new_tokens)
+        g, s = _run_batch(fwds, batch, stops, max_new_tokens)
         generated.update(g)
         scores.update(s)
     if continuations is None:
         return [stops.text(generated[i]) for i in range(len(prompts))], []
-    for i, value in zip(alone, score(lm, [(prompts[i], continuations[i]) for i in alone], batch_size)):
-        scores[i] = value
+    pairs = [(prompts[i], continuations[i]) for i in alone]
+    per_model = [score(lm, pairs, batch_size) for lm in lms]
+    for j, i in enumerate(alone):
+        scores[i] = sum(values[j] for values in per_model) / len(per_model)
     return [stops.text(generated[i]) for i in range(len(prompts))], [scores[i] for i in range(len(prompts))]

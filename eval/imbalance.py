@@ -142,17 +142,53 @@ def figure_anchor(losses: Dict[str, List[Dict]], merged: Dict[str, List[float]],
 
 
 def merged_losses(run: Path, merged_dirs: Sequence[str], batch_size: int = 16) -> Dict[str, List[float]]:
-    """Per-sample training losses of merged models, computed as training computes them."""
+    """Per-sample training losses of merged models, computed as training computes them; those
+    `score_merged` wrote (RUN/imbalance/losses/) are read where newer than their model's files."""
     if not merged_dirs:
         return {}
-    from sftmerge.train.prepared import prepared_dataset, run_config
-    from sftmerge.eval.losses import sample_losses
-
     for d in merged_dirs:
         if not is_model_folder(d):
             raise SftmergeError(f"merged model {d} is not a model folder (no {MODEL_CONFIG})")
-    _, dataset = prepared_dataset(run_config(run))
-    return {Path(d).name: [r["loss"] for r in sample_losses(Path(d), dataset, batch_size)] for d in merged_dirs}
+    todo = losses_to_score(run, merged_dirs)
+    if todo:
+        from sftmerge.train.prepared import prepared_dataset, run_config
+
+        _, dataset = prepared_dataset(run_config(run))
+        for d in todo:
+            _write_losses(run, Path(d), dataset, batch_size)
+    files = [RunLayout(run).merged_losses(Path(d).name) for d in merged_dirs]
+    return {f.stem: [json.loads(line)["loss"] for line in f.read_text(encoding="utf-8").splitlines()] for f in files}
+
+
+def _fresh(run: Path, model_dir: Path) -> bool:
+    losses = RunLayout(run).merged_losses(model_dir.name)
+    newest = max((f.stat().st_mtime for f in model_dir.iterdir() if f.is_file()), default=0.0)
+    return losses.is_file() and losses.stat().st_mtime >= newest
+
+
+def _write_losses(run: Path, model_dir: Path, dataset, batch_size: int = 16) -> None:
+    from sftmerge.eval.losses import sample_losses
+    from sftmerge.io.fsutil import write_jsonl
+
+    losses = RunLayout(run).merged_losses(model_dir.name)
+    losses.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(losses, sample_losses(model_dir, dataset, batch_size))
+
+
+def score_merged(run: str, merged_dir: str, echo=print) -> List[str]:
+    """A job for the evaluation's worker pool (eval/cpu_pool.py `Call`): MERGED's per-sample losses
+    on RUN's training data into RUN/imbalance/losses/, for figure 3; returns failure lines."""
+    from sftmerge.train.prepared import prepared_dataset, run_config
+
+    _, dataset = prepared_dataset(run_config(Path(run)))
+    _write_losses(Path(run), Path(merged_dir), dataset)
+    echo(f"{Path(merged_dir).name}: per-sample training losses ({len(dataset)}) for figure 3")
+    return []
+
+
+def losses_to_score(run: Path, merged_dirs: Sequence[str]) -> List[str]:
+    """The merged models whose figure-3 losses are missing or older than the model."""
+    return [d for d in merged_dirs if is_model_folder(d) and not _fresh(run, Path(d))]
 
 
 def imbalance(run: Path, merged_dirs: Sequence[str], out: Path, anchor: Optional[str] = None,

@@ -147,7 +147,8 @@ def headline(doc: Dict) -> str:
 
 def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalSettings, backend: str,
                     out: Path, echo=print, summary: bool = True, progress: bool = True,
-                    check: bool = True, calls: Sequence[Tuple[str, Callable]] = ()) -> List[str]:
+                    check: bool = True, calls: Sequence[Tuple[str, Callable]] = (),
+                    tail: Sequence[Tuple[str, Callable]] = ()) -> List[str]:
     """Run everything; returns the failure lines (empty when all went well).
 
     Each model is loaded once for all its tasks. On the HF backend without a GPU, several models
@@ -155,7 +156,8 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalS
     summary: False in a worker (eval/gpu_schedule.py, eval/cpu_pool.py), whose parent writes it.
     progress: False for no progress bar; check: False when the caller has checked the inputs.
     calls: further (name, evaluation) jobs, such as the output ensemble, run first: in the worker
-    processes when there are any, else in this process.
+    processes when there are any, else in this process. tail: further short jobs, run last (they
+    fill the pool's end).
     """
     from tqdm.auto import tqdm
 
@@ -165,13 +167,15 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalS
         check_inputs(models, tasks, settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    held = max([1, *(c.models for _, c in calls)])
-    workers = cpu_pool.plan(models, backend, settings.cpu_workers, jobs=len(models) + len(calls), held=held)
+    held = max([1, *(c.models for _, c in [*calls, *tail])])
+    workers = cpu_pool.plan(models, backend, settings.cpu_workers, jobs=len(models) + len(calls) + len(tail),
+                            held=held)
     if workers >= 2:
         each = dict(summary=False, progress=False, check=False)
         jobs = [*calls, *((Path(m).name, cpu_pool.Call(f"{__name__}:evaluate_models",
-                                                        ([m], tasks, settings, backend, out), each)) for m in models)]
-        failures = cpu_pool.run(jobs, workers, echo,
+                                                        ([m], tasks, settings, backend, out), each)) for m in models),
+                *tail]
+        failures = cpu_pool.run(jobs, workers, echo, unit="job" if calls or tail else "model",
                                 on_done=(lambda: write_summary(out, with_chart=False)) if summary else (lambda: None))
         if summary:
             write_summary(out)
@@ -212,6 +216,8 @@ def evaluate_models(models: Sequence[str], tasks: Sequence[str], settings: EvalS
         if summary and m != models[-1]:  # so an interrupted run still has one; the last one below, with the chart
             write_summary(out, with_chart=False)
     bar.close()
+    for _name, call in tail:
+        failures += call(echo=echo)
     if summary:
         write_summary(out)
     return failures

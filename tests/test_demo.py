@@ -8,6 +8,7 @@ later is trained, scored and reported.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -57,6 +58,11 @@ def test_demo_writes_merges_results_plots_and_report(demo_run, tiny_chat_model):
         assert math.isfinite(doc["metrics"]["loss"]["value"]) and doc["metrics"]["loss"]["ci95"], m
     for png in ("imbalance/position.png", "imbalance/anchor.png", "eval/summary.png"):
         assert (run / png).stat().st_size > 1000, png
+    # figure 3's merged losses were scored as evaluation jobs, and the figure read them
+    anchor = list(csv.DictReader(open(run / "imbalance" / "anchor.csv")))
+    for m in MERGES:
+        losses = [json.loads(line)["loss"] for line in (run / "imbalance" / "losses" / f"{m}.jsonl").open()]
+        assert losses and sorted(losses) == sorted(float(r[m]) for r in anchor), m
     report = (run / "REPORT.md").read_text()
     for m in [*MODELS, tiny_chat_model.name]:  # the base is evaluated too, as the reference row
         assert sum(line.startswith(f"| {m} | ") for line in report.splitlines()) >= 1, m

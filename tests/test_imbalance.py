@@ -38,6 +38,28 @@ def test_rebuilt_dataset_reproduces_the_recorded_losses(tiny_run):
     assert again == pytest.approx(recorded, rel=1e-4, abs=1e-5)
 
 
+def test_merged_losses_scored_ahead_are_read_and_a_newer_model_rescored(tiny_run):
+    """score_merged (an evaluation-pool job) writes what merged_losses then reads; a model newer
+    than its losses file is scored again."""
+    import os
+
+    from sftmerge.eval.imbalance import losses_to_score, score_merged
+    from sftmerge.io.layout import RunLayout
+
+    merged = tiny_run / "merged" / "average"
+    lines = []
+    assert score_merged(str(tiny_run), str(merged), echo=lines.append) == [] and "average" in lines[0]
+    losses = RunLayout(tiny_run).merged_losses("average")
+    written = [json.loads(line)["loss"] for line in losses.read_text().splitlines()]
+    assert len(written) == 16 and losses_to_score(tiny_run, [str(merged)]) == []
+    losses.write_text("".join(json.dumps({"loss": 7.0, "tokens": 1}) + "\n" for _ in written))
+    assert merged_losses(tiny_run, [str(merged)])["average"] == [7.0] * 16  # read, not recomputed
+    later = losses.stat().st_mtime + 10
+    os.utime(merged / "config.json", (later, later))  # a re-made model
+    assert losses_to_score(tiny_run, [str(merged)]) == [str(merged)]
+    assert merged_losses(tiny_run, [str(merged)])["average"] == pytest.approx(written)
+
+
 def test_imbalance_command_writes_figures_tables_and_spearman(tiny_run, tmp_path):
     from scipy.stats import spearmanr
 

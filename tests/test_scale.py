@@ -140,6 +140,20 @@ def test_text_format_trains_a_base_without_chat_template(plain_base, tmp_path):
 # ---------------------------------------------------------------- concurrent --order jobs
 
 
+def test_training_pool_picks_the_workers_of_the_shortest_wall_time():
+    """On 2 cores: a compute-matched single (K orders long) gets a core of its own and the orders
+    run one after the other beside it; equal orders share the cores; memory's bound is kept."""
+    from sftmerge.pipelines.train_pool import fastest, wall_time
+
+    assert wall_time([5, 1, 1, 1, 1, 1], 2, 2) == 5.0  # the single beside the 5 orders: both end at 5
+    assert wall_time([5, 1, 1, 1, 1, 1], 4, 2) == 6.5  # 4 workers: the single runs alone at the end
+    assert fastest([5, 1, 1, 1, 1, 1], 4, 2) == 2
+    assert fastest([3, 1, 1, 1], 4, 2) == 2
+    assert wall_time([1, 1, 1], 3, 2) == 1.5 and fastest([1, 1, 1], 4, 2) == 3  # the demo's 3 orders
+    assert fastest([1, 1, 1, 1], 4, 2) == 2  # 2 and 4 workers tie: the fewer
+    assert fastest([1, 1, 1], 1, 2) == 0
+
+
 @pytest.mark.slow
 def test_orders_side_by_side_equal_the_sequential_run(tiny_chat_model, tmp_path):
     """The pipeline's training pool (pipelines/train_pool.py): two orders in two worker processes at

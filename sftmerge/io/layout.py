@@ -157,6 +157,10 @@ class RunLayout:
     def imbalance(self) -> Path:
         return self.root / "imbalance"
 
+    def merged_losses(self, name: str) -> Path:
+        """A merged model's per-sample losses on this run's training data (figure 3)."""
+        return self.imbalance / "losses" / f"{name}.jsonl"
+
     @property
     def steps(self) -> Path:
         return self.root / "steps"

@@ -156,13 +156,26 @@ def stage_eval(run: RunLayout, task: str, settings: DemoSettings, config, echo) 
     todo = [m for m in models if not evaluated(run.eval_result(Path(m).name, task), ev)]
     calls = ensemble_call(run, task, settings, config) if todo else []  # beside the models, when pooled
     if todo:
-        failures = evaluate_models(todo, [task], ev, backend, run.eval_root, echo=echo, summary=False, calls=calls)
+        failures = evaluate_models(todo, [task], ev, backend, run.eval_root, echo=echo, summary=False, calls=calls,
+                                   tail=figure3_calls(run, settings.merges))
         if failures:
             raise SftmergeError(f"evaluation failed: {'; '.join(failures)}")
     controls = [name for name, _ in calls] + eval_controls(run, task, settings, config, backend, echo)
     write_summary(run.eval_root)
     n = len(todo) + len(controls)
     return StageResult(n > 0, f"{n} evaluated, {len(models) + len(_controls(settings, task)) - n} already there")
+
+
+def figure3_calls(run: RunLayout, merges) -> list:
+    """[(name, job)] scoring the merged models' per-sample training losses for the imbalance
+    stage's figure 3: short jobs at the evaluation pool's end, where they fill the workers' last
+    minutes instead of a stage of their own on a cold interpreter."""
+    from sftmerge.eval.cpu_pool import Call
+    from sftmerge.eval.imbalance import losses_to_score
+
+    todo = losses_to_score(run.root, [str(run.merged(m)) for m in merges])
+    return [(f"{Path(d).name} (figure 3)", Call("sftmerge.eval.imbalance:score_merged", (str(run.root), d)))
+            for d in todo]
 
 
 def _controls(settings: DemoSettings, task: str) -> List[str]:
