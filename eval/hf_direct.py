@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -99,10 +99,10 @@ class _Stops:
 
 
 class _Model:
-    """The transformers model and the name its forward gives the KV cache."""
+    """The transformers model, the id that fills padding, and the name its forward gives the KV cache."""
 
-    def __init__(self, lm):
-        self.model, self.pad = lm.model, lm.tokenizer.pad_token_id or 0
+    def __init__(self, model, pad: Optional[int]):
+        self.model, self.pad = model, pad or 0
         self.device = next(self.model.parameters()).device
         params = inspect.signature(self.model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed within transformers 5
@@ -258,16 +258,31 @@ def score(lm, pairs: Sequence[Tuple[str, str]], batch_size: int) -> List[float]:
     """sum log p(continuation | context) per (context, continuation), as lm-eval's loglikelihood.
 
     Requests with the same input (e.g. one context, answers "A" and "B") share one pass, as in lm-eval."""
-    rows: Dict[tuple, _Row] = {}
-    for i, (context, continuation) in enumerate(pairs):
+    tokens = []
+    for context, continuation in pairs:
         ctx, cont = encode_pair(lm, context, continuation)
         if len(cont) > lm.max_length:
             raise SftmergeError(f"a continuation of {len(cont)} tokens is longer than the model's {lm.max_length}")
-        seq = (ctx + cont)[-(lm.max_length + 1):][:-1]  # lm-eval's input: left-truncated, last token dropped
+        # lm-eval's input: left-truncated to max_length + 1 tokens, the last one dropped
+        tokens.append((ctx[max(0, len(ctx) + len(cont) - (lm.max_length + 1)):], cont))
+    return score_tokens(lm.model, tokens, batch_size, lm.tokenizer.pad_token_id)
+
+
+def score_tokens(model, pairs: Sequence[Tuple[List[int], List[int]]], batch_size: int, pad: Optional[int] = None,
+                 desc: Optional[str] = None) -> List[float]:
+    """sum log p(continuation | context) per (context tokens, continuation tokens) under a
+    transformers model: one pass per distinct input, inputs of similar length batched, a prefix
+    common to a batch run once, vocabulary logits only at the continuation; `desc` names a
+    progress bar."""
+    from tqdm.auto import tqdm
+
+    rows: Dict[tuple, _Row] = {}
+    for i, (ctx, cont) in enumerate(pairs):
+        seq = (ctx + cont)[:-1]
         row = rows.setdefault((tuple(seq), len(cont)), _Row(len(rows), seq, [], []))
         row.targets.append((i, cont))
-    fwd, scores = _Model(lm), {}
-    for batch in _batches(list(rows.values()), batch_size):
+    fwd, scores = _Model(model, pad), {}
+    for batch in tqdm(_batches(list(rows.values()), batch_size), desc=desc, leave=False, disable=desc is None):
         scores.update(_run_batch([fwd], batch, None, 0)[1])
     return [scores[i] for i in range(len(pairs))]
 
@@ -296,7 +311,7 @@ def generate_and_score(lms: Sequence, prompts: Sequence[str], continuations, max
     The pass is shared when the prompt's tokens begin the tokens of prompt + continuation and
     nothing is truncated; any other pair is generated and scored separately."""
     lead = lms[0]
-    fwds, stops = [_Model(lm) for lm in lms], _Stops(lead, until)
+    fwds, stops = [_Model(lm.model, lm.tokenizer.pad_token_id) for lm in lms], _Stops(lead, until)
     rows, alone = [], []
     for i, text in enumerate(prompts):
         prompt = _prompt_tokens(lead, text, max_new_tokens)

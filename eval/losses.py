@@ -9,7 +9,7 @@ numbers are comparable.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -23,32 +23,54 @@ def sample_losses(model_dir: Path, dataset, batch_size: int = 16, device: Option
 
     `dataset` is the trainer's prepared one: `input_ids`, and `labels` at -100 on the prompt.
     One {"loss", "tokens"} per row, in row order.
+
+    A sample whose trained tokens are one stretch at its end (a prompt, then the response) is
+    scored as a continuation by eval/hf_direct.py: samples of similar length batched, a prefix
+    common to a batch (the chat template's system turn) run once. Any other label pattern
+    takes a plain right-padded pass.
     """
-    from tqdm import tqdm
     from transformers import AutoModelForCausalLM
+
+    from sftmerge.eval.hf_direct import score_tokens
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float32 if device == "cpu" else base_dtype(str(model_dir))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    positions = accepts_positions(model)
     rows = dataset.with_format(None)
     ids, labels = rows["input_ids"], rows["labels"]
-    out = []
-    for start in tqdm(range(0, len(ids), batch_size), desc=f"sample losses ({Path(model_dir).name})", leave=False):
-        chunk = range(start, min(start + batch_size, len(ids)))
+    out: List[Optional[Dict]] = [None] * len(ids)
+    split = {i: _response_start(x, y) for i, (x, y) in enumerate(zip(ids, labels))}
+    tail = [i for i, start in split.items() if start is not None]
+    pairs = [(ids[i][:split[i]], ids[i][split[i]:]) for i in tail]
+    name = Path(model_dir).name
+    for i, logprob in zip(tail, score_tokens(model, pairs, batch_size, desc=f"sample losses ({name})")):
+        n = len(ids[i]) - split[i]
+        out[i] = {"loss": -logprob / n, "tokens": n}
+    other = [i for i in range(len(ids)) if out[i] is None]
+    for start in range(0, len(other), batch_size):
+        chunk = other[start:start + batch_size]
         x, y, attn = _padded_batch(ids, labels, chunk)
         y = y.to(device)
         _, logits, targets = response_logits(model, {"input_ids": x.to(device), "attention_mask": attn.to(device)},
-                                             y, positions)
+                                             y, accepts_positions(model))
         nll, target = token_nll(logits, targets).cpu(), (targets != IGNORE).cpu()
-        for row in range(len(chunk)):
+        for row, i in enumerate(chunk):
             n = int(target[row].sum())
-            out.append({"loss": float(nll[row][target[row]].sum() / max(n, 1)), "tokens": n})
+            out[i] = {"loss": float(nll[row][target[row]].sum() / max(n, 1)), "tokens": n}
     del model
     return out
 
 
-def _padded_batch(ids, labels, chunk: range):
+def _response_start(ids: List[int], labels: List[int]) -> Optional[int]:
+    """Where a sample's trained tokens begin when they are its whole end (labels = the tokens from
+    there, -100 before; the first token is never predicted); None for any other pattern."""
+    start = next((t for t in range(1, len(labels)) if labels[t] != IGNORE), None)
+    if start is None or list(labels[start:]) != list(ids[start:]):
+        return None
+    return start
+
+
+def _padded_batch(ids, labels, chunk: Sequence[int]):
     """Right-padded input ids, labels (-100 on padding) and attention mask of rows `chunk`."""
     width = max(len(ids[i]) for i in chunk)
     x = torch.zeros(len(chunk), width, dtype=torch.long)
