@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sftmerge.data.pairs import load_pairs
-from sftmerge.eval import hf_direct
+from sftmerge.eval import hf_batches, hf_direct
 from sftmerge.eval.backends import chat_prompt, continuation_logprobs, generate, generate_and_score, load_model
 
 
@@ -48,7 +48,7 @@ def _requests(model):
     return prompts, [p.response for p in pairs] + [" there", "and more"]
 
 
-def test_greedy_answers_and_scores_are_lm_evals(lively):
+def test_greedy_answers_and_scores_are_lm_evals(lively, monkeypatch):
     prompts, references = _requests(lively)
     expected = _lm_eval_generate(lively, prompts, 10, [])
     assert len(set(expected)) > 4  # the rows really differ
@@ -60,10 +60,17 @@ def test_greedy_answers_and_scores_are_lm_evals(lively):
     texts, shared = generate_and_score(lively, prompts, references, 10, [])
     assert texts == expected and [n for _, n in shared] == [n for _, n in mine]
     assert [s for s, _ in shared] == pytest.approx(scores, rel=1e-4, abs=1e-3)
-    # The batch size changes nothing but the padding.
+    # The batch size changes nothing but the padding; nor do passes of a few rows each, joined
+    # into one decoding batch (prompts of other widths left-padded after the shared prefix).
     lively.settings["batch_size"] = 9
     try:
         assert generate(lively, prompts, 10, []) == expected
+        for rows in (2, 4):
+            monkeypatch.setattr(hf_batches, "PREFILL_ROWS", rows)
+            texts, joined = generate_and_score(lively, prompts, references, 10, [])
+            assert texts == expected and [s for s, _ in joined] == pytest.approx(scores, rel=1e-4, abs=1e-3)
+            # the chat prompts alone share the template's system turn: the gap goes after it
+            assert generate(lively, prompts[:7], 10, []) == expected[:7]
     finally:
         lively.settings["batch_size"] = 3
 
