@@ -27,7 +27,8 @@ def run(tmp_path) -> Path:
     rows = [_result("order-0", 0.2, 0.30), _result("select", 0.25, 0.28)]
     files = {
         "config.yaml": "orders: 1\n",
-        "stages.json": json.dumps({"train": {"seconds": 10.4, "result": "1 new"}, "eval": {"seconds": 3.0}}),
+        "stages.json": json.dumps({"train": {"seconds": 10.4, "result": "1 new"},
+                                  "eval": {"seconds": 3.0, "cpu_steal": 0.123}}),
         "paired.json": json.dumps([{"a": "select", "b": "order-0", "metric": "exact match", "diff": 0.05,
                                     "ci95": [0.01, 0.09], "p_value": 0.03, "test": "McNemar exact"}]),
         "eval/summary.json": json.dumps(table(rows)),
@@ -84,7 +85,8 @@ def test_readme_tables_come_from_the_files_and_check_fails_when_they_differ(run,
     assert "| order-0 | 0.200 [0.150, 0.250] | 0.300 [0.290, 0.310] |" in text
     assert "| select | **0.250 [0.200, 0.300]** | **0.280 [0.270, 0.290]** |" in text
     assert "| select | order-0 | exact match | **+0.050 [+0.010, +0.090]** | 0.03 | McNemar exact |" in text
-    assert "| total | 13 | |" in text
+    assert "| train | 10 | 1 new | |" in text and "| eval | 3 |  | 12% |" in text  # steal where recorded
+    assert "| total | 13 | | |" in text
     assert render_readme(str(readme), check=True) == []
 
     summary = run / "eval" / "summary.json"  # a figure changes in the files: the README is now stale

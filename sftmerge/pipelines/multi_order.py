@@ -216,7 +216,7 @@ def _with_seed_recipes(run: RunLayout, config, settings: DemoSettings) -> List[s
 
 def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Path:
     """All stages in order; returns the report's path."""
-    from sftmerge.pipelines.report import machine, write_report
+    from sftmerge.pipelines.report import cpu_times, machine, steal_share, write_report
     from sftmerge.train.config import load_config
 
     from sftmerge.eval.tasks import check_settings
@@ -255,12 +255,15 @@ def run_demo(settings: DemoSettings, echo: Callable[[str], None] = print) -> Pat
     }
     for i, stage in enumerate(STAGES, 1):
         echo(f"[{i}/{len(STAGES)}] {stage} ...")
-        t0 = time.time()
+        t0, cpu0 = time.time(), cpu_times()
         result = steps[stage]()
         seconds = time.time() - t0
         # A stage that found everything done keeps the time of the run that did the work.
         if stage not in times or result.did_work:
             times[stage] = {"seconds": round(seconds, 1), "result": result.message}
+            steal = steal_share(cpu0, cpu_times())
+            if steal is not None:
+                times[stage]["cpu_steal"] = steal
         write_json(run.stages, times)
         echo(f"[{i}/{len(STAGES)}] {stage}: {result.message} ({seconds:.1f}s)")
     return run.report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from sftmerge.eval.paired_table import LABELS, paired_table_markdown  # noqa: F401 (used by pipelines.paft)
 from sftmerge.io.fsutil import write_json, write_text
@@ -22,6 +22,24 @@ def machine() -> Dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def cpu_times() -> Optional[List[int]]:
+    """The machine's CPU time counters (/proc/stat's first line, in ticks), None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: Optional[List[int]], after: Optional[List[int]]) -> Optional[float]:
+    """The share of CPU time the hypervisor gave to other machines between two `cpu_times`
+    (steal, the 8th counter): stage times measured while it is high are not this machine's."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return None
+    total = sum(after) - sum(before)
+    return round((after[7] - before[7]) / total, 3) if total > 0 else None
 
 
 def paired_rows(run: Path, task: str, singles: List[str], merges: List[str], seed: int,

@@ -125,12 +125,16 @@ def paired_table(folder: Path, opts: Dict[str, str]) -> List[str]:
 
 
 def stages_table(folder: Path, opts: Dict[str, str]) -> List[str]:
-    """The pipeline's stage times (stages.json) and their total."""
+    """The pipeline's stage times (stages.json) and their total; the CPU time taken by other
+    machines on the host (steal) beside them where the run recorded it."""
     stages = _load(folder, "stages.json")
-    lines = ["| stage | seconds | what it did |", "|---|---|---|"]
+    steal = any("cpu_steal" in s for s in stages.values())
+    lines = ["| stage | seconds | what it did |" + (" CPU steal |" if steal else ""),
+             "|---|---|---|" + ("---|" if steal else "")]
     for name, s in stages.items():
-        lines.append(f"| {name} | {s['seconds']:.0f} | {s.get('result', '')} |")
-    lines.append(f"| total | {sum(s['seconds'] for s in stages.values()):.0f} | |")
+        share = f" {100 * s['cpu_steal']:.0f}% |" if "cpu_steal" in s else " |"
+        lines.append(f"| {name} | {s['seconds']:.0f} | {s.get('result', '')} |" + (share if steal else ""))
+    lines.append(f"| total | {sum(s['seconds'] for s in stages.values()):.0f} | |" + (" |" if steal else ""))
     return lines
 
 
