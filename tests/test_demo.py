@@ -71,7 +71,8 @@ def test_demo_writes_merges_results_plots_and_report(demo_run, tiny_chat_model):
     assert "merge_method: param_select" in report and "## Machine" in report
     stages = json.loads((run / "stages.json").read_text())
     assert list(stages) == ["base", "train", "merge", "eval", "imbalance", "report"]
-    assert all(0 <= s["cpu_steal"] <= 1 for s in stages.values())  # the host's share, on Linux
+    # the host's share of the CPU, on Linux, where a stage took a clock tick at least
+    assert "cpu_steal" in stages["train"] and all(0 <= s.get("cpu_steal", 0) <= 1 for s in stages.values())
     assert "[6/6] report" in out
 
 
