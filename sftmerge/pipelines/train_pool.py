@@ -11,6 +11,7 @@ as memory holds. A compute-matched single is K orders long: with 2 cores and 1 +
 (the single on one, the orders one after the other on the other) end together, where more workers
 would share its core and leave it running alone at the end. On a GPU, one core or a small model they
 train one after the other.
+
 Each order's weights are those of a one-thread run (float sums in another order than on 2
 threads); the thread count is recorded in its summary.json.
 """
