@@ -47,12 +47,13 @@ def sample_losses(model_dir: Path, dataset, batch_size: int = 16, device: Option
         n = len(ids[i]) - split[i]
         out[i] = {"loss": -logprob / n, "tokens": n}
     other = [i for i in range(len(ids)) if out[i] is None]
+    positions = accepts_positions(model) if other else False
     for start in range(0, len(other), batch_size):
         chunk = other[start:start + batch_size]
         x, y, attn = _padded_batch(ids, labels, chunk)
         y = y.to(device)
         _, logits, targets = response_logits(model, {"input_ids": x.to(device), "attention_mask": attn.to(device)},
-                                             y, accepts_positions(model))
+                                             y, positions)
         nll, target = token_nll(logits, targets).cpu(), (targets != IGNORE).cpu()
         for row, i in enumerate(chunk):
             n = int(target[row].sum())
