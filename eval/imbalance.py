@@ -32,10 +32,45 @@ def order_losses(run: Path) -> Dict[str, List[Dict]]:
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> Dict:
+    """Spearman's rho, its p-value and 95% interval: Fisher's z with Bonett and Wright's (2000)
+    variance (1 + rho^2 / 2) / (n - 3), which holds its coverage for rank correlations."""
+    import math
+
     from scipy.stats import spearmanr
 
+    from sftmerge.eval.stats import Z95
+
     res = spearmanr(x, y)
-    return {"rho": float(res.statistic), "p_value": float(res.pvalue), "n": len(x)}
+    rho, n = float(res.statistic), len(x)
+    ci = None
+    if n > 3 and math.isfinite(rho):
+        z, se = math.atanh(max(-0.999999, min(0.999999, rho))), math.sqrt((1 + rho * rho / 2) / (n - 3))
+        ci = [math.tanh(z - Z95 * se), math.tanh(z + Z95 * se)]
+    return {"rho": rho, "p_value": float(res.pvalue), "n": n, "ci95": ci}
+
+
+POOLED = "all orders"
+FORMAT = 2  # imbalance.json's layout: 2 = Spearman intervals and the pooled row
+
+
+def pooled_pairs(losses: Dict[str, List[Dict]]) -> Optional[List[tuple]]:
+    """Every order's (position, loss minus the sample's mean loss over the orders): how hard a
+    sample is does not depend on where an order put it, so taking it out leaves the position
+    effect with K times the pairs of one order. None with fewer than 2 orders."""
+    if len(losses) < 2:
+        return None
+    by_sample: Dict[int, List[float]] = {}
+    for rows in losses.values():
+        for r in rows:
+            by_sample.setdefault(r["sample"], []).append(r["loss"])
+    mean = {k: sum(v) / len(v) for k, v in by_sample.items()}
+    return [(r["position"], r["loss"] - mean[r["sample"]]) for rows in losses.values() for r in rows]
+
+
+def pooled_spearman(losses: Dict[str, List[Dict]]) -> Optional[Dict]:
+    """Spearman's rho over `pooled_pairs`; None with fewer than 2 orders."""
+    pairs = pooled_pairs(losses)
+    return spearman([p for p, _ in pairs], [d for _, d in pairs]) if pairs else None
 
 
 def binned_means(x: Sequence[float], y: Sequence[float], bins: int) -> List[tuple]:
@@ -79,7 +114,9 @@ def figure_position(losses: Dict[str, List[Dict]], out: Path, run_name: str, bin
     """Figure 1: loss against first-epoch position per order; returns Spearman per order."""
     plt = _pyplot()
     stats = {}
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    pairs = pooled_pairs(losses)  # the right panel, with 2 orders or more
+    fig, axes = plt.subplots(1, 2 if pairs else 1, figsize=(13 if pairs else 7, 4.4), squeeze=False)
+    ax = axes[0][0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     csv_rows = []
     for i, (name, rows) in enumerate(losses.items()):
@@ -97,13 +134,42 @@ def figure_position(losses: Dict[str, List[Dict]], out: Path, run_name: str, bin
     ax.set_ylabel("final loss on the sample (mean NLL per response token)")
     ax.set_title(f"{run_name}: final loss vs first-epoch position", fontsize=10)
     ax.legend(fontsize=7, loc="best")
+    if pairs:
+        stats[POOLED] = pooled_spearman(losses)
+        _plot_pooled(axes[0][1], pairs, stats[POOLED], bins)
     fig.tight_layout()
     _save(fig, out / "position.png")
     _write_csv(out / "position.csv", ("model", "sample", "id", "position", "loss"), csv_rows)
     write_json(out / "spearman.json", stats)
-    _write_csv(out / "spearman.csv", ("model", "rho", "p_value", "n"),
-               [(k, v["rho"], v["p_value"], v["n"]) for k, v in stats.items()])
+    _write_csv(out / "spearman.csv", ("model", "rho", "ci95_low", "ci95_high", "p_value", "n"),
+               [(k, v["rho"], *(v["ci95"] or (None, None)), v["p_value"], v["n"]) for k, v in stats.items()])
     return stats
+
+
+def _plot_pooled(ax, pairs: List[tuple], stat: Dict, bins: int) -> None:
+    """Figure 1's right panel: every order's loss net of its sample's mean, binned, with 95% intervals."""
+    import numpy as np
+    from scipy.stats import binned_statistic
+
+    from sftmerge.eval.stats import Z95
+
+    x, y = np.array([p for p, _ in pairs], dtype=float), np.array([d for _, d in pairs])
+    mean, edges, _ = binned_statistic(x, y, "mean", bins=bins)
+    sd, _, _ = binned_statistic(x, y, lambda v: v.std(ddof=1) if len(v) > 1 else np.nan, bins=edges)
+    n, _, _ = binned_statistic(x, y, "count", bins=edges)
+    centres = (edges[:-1] + edges[1:]) / 2
+    ok = n > 1
+    ax.scatter(x, y, s=6, alpha=0.15, color="gray")
+    ax.errorbar(centres[ok], mean[ok], yerr=Z95 * sd[ok] / np.sqrt(n[ok]), fmt="-o", color="black", ms=4,
+                capsize=3, label="binned mean, 95% interval")
+    ax.axhline(0, color="gray", lw=0.8, ls=":")
+    lo, hi = stat["ci95"] or (float("nan"), float("nan"))
+    ax.set_title(f"{POOLED}: loss minus the sample's mean over the orders\n"
+                 f"Spearman rho={stat['rho']:+.3f} [{lo:+.3f}, {hi:+.3f}], p={stat['p_value']:.2g}, n={stat['n']}",
+                 fontsize=10)
+    ax.set_xlabel("position in the first epoch (0 = trained first)")
+    ax.set_ylabel("loss - the sample's mean loss")
+    ax.legend(fontsize=7, loc="best")
 
 
 def figure_anchor(losses: Dict[str, List[Dict]], merged: Dict[str, List[float]], anchor: str, out: Path,
@@ -200,5 +266,24 @@ def imbalance(run: Path, merged_dirs: Sequence[str], out: Path, anchor: Optional
     stats = {"position": figure_position(losses, out, name, bins)}
     merged = merged_losses(run, merged_dirs)
     stats["anchor"] = figure_anchor(losses, merged, anchor or next(iter(losses)), out, name, bins)
-    write_json(out / "imbalance.json", {"run": str(run), "merged": list(merged_dirs), "bins": bins, **stats})
+    write_json(out / "imbalance.json", {"run": str(run), "merged": list(merged_dirs), "bins": bins,
+                                        "format": FORMAT, **stats})
     return stats
+
+
+def is_current(out: Path, merged_dirs: Sequence[str]) -> bool:
+    """OUT/imbalance.json is there, of this format and these merged models."""
+    path = out / "imbalance.json"
+    if not path.is_file():
+        return False
+    done = json.loads(path.read_text(encoding="utf-8"))
+    return done.get("format") == FORMAT and done.get("merged") == list(merged_dirs)
+
+
+def spearman_lines(stats: Dict[str, Dict]) -> List[str]:
+    """spearman.json as a markdown table: rho [95% interval], p, n per order and pooled."""
+    lines = ["| order | rho [95% interval] | p | n |", "|---|---|---|---|"]
+    for name, v in stats.items():
+        ci = f" [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" if v.get("ci95") else ""
+        lines.append(f"| {name} | {v['rho']:+.3f}{ci} | {v['p_value']:.3g} | {v['n']} |")
+    return lines

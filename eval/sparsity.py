@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from sftmerge.io import checkpoint
 from sftmerge.errors import SftmergeError
@@ -51,7 +51,7 @@ def delta_sparsity(model: str | Path, base: str | Path, tolerance: float) -> Dic
     if set(base_shapes) != set(model_shapes) or any(model_shapes[n] != s for n, s in base_shapes.items()):
         raise SftmergeError(f"{model} does not have the same tensors and shapes as the base {base}")
     counts: Dict[str, DeltaCount] = {OVERALL: DeltaCount()}
-    for name, m, b in tqdm(checkpoint.iter_pairs(model, base), total=len(base_shapes),
+    for name, (m, b) in tqdm(checkpoint.iter_tensors([model, base]), total=len(base_shapes),
                            desc=f"delta {Path(model).name}", leave=False):
         if not m.is_floating_point():
             continue
@@ -63,6 +63,68 @@ def delta_sparsity(model: str | Path, base: str | Path, tolerance: float) -> Dic
         counts.setdefault(layer_type(name), DeltaCount()).add(c)
         counts[OVERALL].add(c)
     return counts
+
+
+def base_equal_shares(models: Sequence[str | Path], base: str | Path,
+                      weights: Optional[Sequence[float]] = None) -> Dict:
+    """What parameter selection meets in the sub-models: per model, the share of elements stored
+    exactly equal to the base; the share of a weighted draw that lands on such an element (what
+    `resample` redraws); and the share equal to the base in every model (what even `resample`
+    leaves at the base). Compared in each model's stored dtype, the base cast to it."""
+    from tqdm import tqdm
+
+    import torch
+
+    weights = list(weights) if weights is not None else [1.0] * len(models)
+    if len(weights) != len(models) or sum(weights) <= 0:
+        raise SftmergeError(f"{len(weights)} weights for {len(models)} models, or a zero weight sum")
+    total, in_all = 0, 0
+    equal = [0] * len(models)
+    for name, tensors in tqdm(checkpoint.iter_tensors([base, *models]), total=len(checkpoint.shapes(base)),
+                              desc="base-equal elements", leave=False):
+        b, subs = tensors[0], tensors[1:]
+        if not b.is_floating_point():
+            continue
+        if any(t.shape != b.shape for t in subs):
+            raise SftmergeError(f"tensor {name}: shapes differ between the base and the sub-models")
+        same = [t == b.to(t.dtype) for t in subs]
+        total += b.numel()
+        in_all += int(torch.stack(same).all(dim=0).sum())
+        for i, s in enumerate(same):
+            equal[i] += int(s.sum())
+    if not total:
+        raise SftmergeError(f"no floating-point tensors shared by {base} and the sub-models")
+    share = [e / total for e in equal]
+    return {
+        "base": str(base), "elements": total,
+        "models": {label: value for label, value in zip(model_labels([str(m) for m in models]), share)},
+        "drawn_equal_base": sum(w * v for w, v in zip(weights, share)) / sum(weights),
+        "equal_base_in_all": in_all / total,
+    }
+
+
+def write_base_equal(run: str, base: str, echo=print) -> List[str]:
+    """RUN's sub-models' `base_equal_shares` (equal weights, as the run's recipes draw) into
+    RUN/imbalance/base_equal.json; also a job for the evaluation's worker pool (eval/cpu_pool.py
+    `Call`), which runs it beside the last evaluations. Returns failure lines."""
+    from sftmerge.io.fsutil import write_json
+    from sftmerge.io.layout import RunLayout
+
+    layout = RunLayout(run)
+    shares = base_equal_shares([str(f) for f in layout.orders()], base)
+    layout.base_equal.parent.mkdir(parents=True, exist_ok=True)
+    write_json(layout.base_equal, shares)
+    echo(f"{len(shares['models'])} sub-models: {shares['drawn_equal_base']:.3f} of a draw equal to the base")
+    return []
+
+
+def base_equal_lines(shares: Dict) -> List[str]:
+    """`base_equal_shares` as a markdown table."""
+    lines = ["| elements stored equal to the base | share |", "|---|---|"]
+    lines += [f"| in {name} | {value:.3f} |" for name, value in shares["models"].items()]
+    lines += [f"| in a `select` draw (redrawn by `resample`) | {shares['drawn_equal_base']:.3f} |",
+              f"| in every sub-model (left at the base even by `resample`) | {shares['equal_base_in_all']:.3f} |"]
+    return lines
 
 
 def model_labels(models: Sequence[str]) -> List[str]:

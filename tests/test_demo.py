@@ -69,6 +69,9 @@ def test_demo_writes_merges_results_plots_and_report(demo_run, tiny_chat_model):
     for png in ("imbalance/position.png", "imbalance/anchor.png", "eval/summary.png"):
         assert f"]({png})" in report
     assert "merge_method: param_select" in report and "## Machine" in report
+    assert "| all orders | " in report and "| in every sub-model (left at the base even by `resample`) | " in report
+    shares = json.loads((run / "imbalance" / "base_equal.json").read_text())
+    assert set(shares["models"]) == {"order-0", "order-1"} and 0 <= shares["equal_base_in_all"] <= 1
     stages = json.loads((run / "stages.json").read_text())
     assert list(stages) == ["base", "train", "merge", "eval", "imbalance", "report"]
     # the host's share of the CPU, on Linux, where a stage took a clock tick at least
@@ -155,7 +158,7 @@ def test_rerun_skips_finished_stages_and_adds_a_control(demo_run):
     assert stages["train"]["result"] == "0 new, 2 already there; compute-matched: trained"
     assert stages["merge"]["result"] == "6 new, 0 already there"
     assert stages["eval"]["result"] == "1 evaluated, 10 already there"
-    assert stages["imbalance"]["result"] == "figures 1, 3 written"
+    assert stages["imbalance"]["result"] == "figures 1, 3 written"  # base-equal shares: in the eval pool
 
 
 def test_demo_defaults_include_ensemble_and_three_seeds():

@@ -106,3 +106,31 @@ def test_steps_command_merges_same_step_checkpoints(tiny_run, tmp_path):
     assert len(set(at0.values())) == 1  # all start from the base
     at4 = {r["model"]: r["loss"] for r in record["rows"] if r["step"] == 4}
     assert at4["order-0"] != at4["order-1"] and at4["order-0"] != at0["order-0"]
+
+
+def test_spearman_interval_and_the_pooled_rho_ignore_sample_difficulty():
+    """The interval holds rho and narrows with n; the pooled rho is blind to a per-sample offset
+    (how hard a sample is) that hides a position effect from each order's own rho."""
+    import random
+
+    from sftmerge.eval.imbalance import POOLED, pooled_spearman, spearman
+
+    rng = random.Random(0)
+    n, k = 200, 4
+    hard = [rng.gauss(0, 3) for _ in range(n)]  # large differences between samples
+    losses = {}
+    for o in range(k):
+        order = list(range(n))
+        rng.shuffle(order)
+        losses[f"order-{o}"] = sorted(({"sample": s, "position": p, "loss": hard[s] - 0.002 * p + rng.gauss(0, 0.1)}
+                                       for p, s in enumerate(order)), key=lambda r: r["sample"])
+    pooled = pooled_spearman(losses)
+    lo, hi = pooled["ci95"]
+    assert pooled["n"] == n * k and lo < pooled["rho"] < hi < -0.5  # the effect, clearly
+    for rows in losses.values():
+        own = spearman([r["position"] for r in rows], [r["loss"] for r in rows])
+        assert own["ci95"][0] < own["rho"] < own["ci95"][1] and own["ci95"][1] > -0.5  # hidden by difficulty
+        assert own["ci95"][1] - own["ci95"][0] > hi - lo  # fewer pairs, wider
+    shifted = {o: [dict(r, loss=r["loss"] + 100 * r["sample"] % 7) for r in rows] for o, rows in losses.items()}
+    assert pooled_spearman(shifted)["rho"] == pytest.approx(pooled["rho"])
+    assert pooled_spearman({"order-0": losses["order-0"]}) is None and POOLED not in losses

@@ -38,6 +38,10 @@ def run(tmp_path) -> Path:
         "merged/select/model.safetensors": "weights", "merged/select/merge_report.json": "{}",
         "merged/select/config.json": "{}", "recipes/select.yml": "merge_method: param_select\n",
         ".order-1.work/trainer/state.json": "{}", "imbalance/figure1.png": "png",
+        "imbalance/spearman.json": json.dumps({"order-0": {"rho": -0.1234, "p_value": 0.04, "n": 64,
+                                                           "ci95": [-0.35, 0.11]}}),
+        "imbalance/base_equal.json": json.dumps({"base": "b", "elements": 10, "models": {"order-0": 0.7},
+                                                 "drawn_equal_base": 0.7, "equal_base_in_all": 0.7}),
     }
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +56,8 @@ def test_keep_copies_result_files_and_never_weights(run, tmp_path):
     assert kept == sorted([
         "config.yaml", "stages.json", "paired.json", "eval/summary.json", "eval/select/arith.json",
         "eval/select/arith.samples.jsonl", "order-0/summary.json", "order-0/sample_losses.jsonl",
-        "merged/select/merge_report.json", "recipes/select.yml", "imbalance/figure1.png"])
+        "merged/select/merge_report.json", "recipes/select.yml", "imbalance/figure1.png",
+        "imbalance/spearman.json", "imbalance/base_equal.json"])
     with pytest.raises(SftmergeError, match="exists"):
         keep(str(run), str(dest))  # an earlier copy is replaced only when asked
     keep(str(run), str(dest), overwrite=True)
@@ -72,13 +77,19 @@ stale
 
 <!-- results {folder} stages -->
 <!-- /results -->
+
+<!-- results {folder} imbalance -->
+<!-- /results -->
+
+<!-- results {folder} base_equal -->
+<!-- /results -->
 """
 
 
 def test_readme_tables_come_from_the_files_and_check_fails_when_they_differ(run, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(README.format(folder="run"))
-    assert len(render_readme(str(readme), check=True)) == 3
+    assert len(render_readme(str(readme), check=True)) == 5
     assert "stale" in readme.read_text()  # --check changes nothing
     render_readme(str(readme))
     text = readme.read_text()
@@ -87,6 +98,8 @@ def test_readme_tables_come_from_the_files_and_check_fails_when_they_differ(run,
     assert "| select | order-0 | exact match | **+0.050 [+0.010, +0.090]** | 0.03 | McNemar exact |" in text
     assert "| train | 10 | 1 new | |" in text and "| eval | 3 |  | 12% |" in text  # steal where recorded
     assert "| total | 13 | | |" in text
+    assert "| order-0 | -0.123 [-0.350, +0.110] | 0.04 | 64 |" in text
+    assert "| in a `select` draw (redrawn by `resample`) | 0.700 |" in text
     assert render_readme(str(readme), check=True) == []
 
     summary = run / "eval" / "summary.json"  # a figure changes in the files: the README is now stale

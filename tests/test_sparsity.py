@@ -48,3 +48,23 @@ def test_cli_errors(family, other_family, tmp_path):
     assert r.exit_code == 1 and "same tensors and shapes" in r.output
     r = runner.invoke(main, ["analyze", "sparsity", str(tmp_path / "nope"), "--base", str(family / "base")])
     assert r.exit_code == 1 and "model folder not found" in r.output
+
+
+def test_base_equal_shares_match_an_independent_count(family):
+    import torch
+
+    from sftmerge.eval.sparsity import base_equal_lines, base_equal_shares
+
+    orders = [family / f"order-{k}" for k in range(3)]
+    shares = base_equal_shares(orders, family / "base", weights=[1.0, 1.0, 2.0])
+    base = load_weights(family / "base")
+    models = [load_weights(o) for o in orders]
+    total = sum(t.numel() for t in base.values())
+    each = [sum(int((m[n] == base[n]).sum()) for n in base) / total for m in models]
+    every = sum(int(torch.stack([m[n] == base[n] for m in models]).all(0).sum()) for n in base) / total
+    assert shares["elements"] == total and list(shares["models"].values()) == each
+    assert shares["drawn_equal_base"] == (each[0] + each[1] + 2 * each[2]) / 4
+    assert shares["equal_base_in_all"] == every and 0 < every < min(each)  # each changes other elements
+    assert "| in order-2 | " in "\n".join(base_equal_lines(shares))
+    same = base_equal_shares([family / "base"], family / "base")
+    assert same["drawn_equal_base"] == same["equal_base_in_all"] == 1.0

@@ -59,7 +59,8 @@ def imbalance_command(run: str, merged, anchor, bins: int, out) -> None:
     target = Path(out) if out else Path(run) / "imbalance"
     stats = imbalance(Path(run), list(merged), target, anchor, bins)
     for name, s in stats["position"].items():
-        click.echo(f"{name}: Spearman rho(position, loss) = {s['rho']:+.3f} (p = {s['p_value']:.3g}, n = {s['n']})")
+        ci = f" [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}]" if s.get("ci95") else ""
+        click.echo(f"{name}: Spearman rho(position, loss) = {s['rho']:+.3f}{ci} (p = {s['p_value']:.3g}, n = {s['n']})")
     for name in merged:
         s = stats["anchor"][Path(name).name]
         click.echo(f"{Path(name).name}: along the anchor's order rho = {s['rho']:+.3f} (p = {s['p_value']:.3g})")

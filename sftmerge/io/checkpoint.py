@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterator, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Sequence, Tuple
 
 from sftmerge.errors import SftmergeError
 
@@ -93,17 +93,17 @@ def tensor_index(folder: str | Path) -> Dict[str, Path]:
     }
 
 
-def iter_pairs(model: str | Path, base: str | Path) -> Iterator[Tuple[str, "torch.Tensor", "torch.Tensor"]]:
-    """(name, model tensor, base tensor) for every tensor the two folders share, one at a time."""
-    from safetensors import safe_open
+def iter_tensors(folders: Sequence[str | Path]) -> Iterator[Tuple[str, List["torch.Tensor"]]]:
+    """(name, [one tensor per folder]) for every tensor all FOLDERS share, one name at a time."""
+    from safetensors import SafetensorError, safe_open
 
-    from safetensors import SafetensorError
-
-    mine, theirs = tensor_index(model), tensor_index(base)
-    for name in sorted(set(mine) & set(theirs)):
-        try:
-            with safe_open(str(mine[name]), "pt") as a, safe_open(str(theirs[name]), "pt") as b:
-                pair = a.get_tensor(name), b.get_tensor(name)
-        except SafetensorError as e:
-            raise SftmergeError(f"cannot read tensor {name} of {mine[name]} or {theirs[name]}: {e}") from None
-        yield name, *pair
+    indexes = [tensor_index(f) for f in folders]
+    for name in sorted(set.intersection(*(set(i) for i in indexes))):
+        tensors = []
+        for index in indexes:
+            try:
+                with safe_open(str(index[name]), "pt") as fh:
+                    tensors.append(fh.get_tensor(name))
+            except SafetensorError as e:
+                raise SftmergeError(f"cannot read tensor {name} of {index[name]}: {e}") from None
+        yield name, tensors

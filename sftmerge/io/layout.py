@@ -162,6 +162,11 @@ class RunLayout:
         return self.imbalance / "losses" / f"{name}.jsonl"
 
     @property
+    def base_equal(self) -> Path:
+        """The sub-models' shares of elements equal to the base (what `resample` redraws)."""
+        return self.imbalance / "base_equal.json"
+
+    @property
     def steps(self) -> Path:
         return self.root / "steps"
 

@@ -159,7 +159,7 @@ def stage_eval(run: RunLayout, task: str, settings: DemoSettings, config, echo) 
     calls = ensemble_call(run, task, settings, config) if todo else []  # beside the models, when pooled
     if todo:
         failures = evaluate_models(todo, [task], ev, backend, run.eval_root, echo=echo, summary=False, calls=calls,
-                                   tail=figure3_calls(run, settings.merges))
+                                   tail=pool_tail(run, settings.merges, config.base))
         if failures:
             raise SftmergeError(f"evaluation failed: {'; '.join(failures)}")
     controls = [name for name, _ in calls] + eval_controls(run, task, settings, config, backend, echo)
@@ -168,16 +168,19 @@ def stage_eval(run: RunLayout, task: str, settings: DemoSettings, config, echo) 
     return StageResult(n > 0, f"{n} evaluated, {len(models) + len(_controls(settings, task)) - n} already there")
 
 
-def figure3_calls(run: RunLayout, merges) -> list:
-    """[(name, job)] scoring the merged models' per-sample training losses for the imbalance
-    stage's figure 3: short jobs at the evaluation pool's end, where they fill the workers' last
-    minutes instead of a stage of their own on a cold interpreter."""
+def pool_tail(run: RunLayout, merges, base: str) -> list:
+    """[(name, job)] for the imbalance stage, run at the evaluation pool's end, where short jobs
+    fill the workers' last minutes instead of a stage of their own on a cold interpreter: the
+    merged models' per-sample training losses (figure 3), the sub-models' base-equal shares."""
     from sftmerge.eval.cpu_pool import Call
     from sftmerge.eval.imbalance import losses_to_score
 
     todo = losses_to_score(run.root, [str(run.merged(m)) for m in merges])
-    return [(f"{Path(d).name} (figure 3)", Call("sftmerge.eval.imbalance:score_merged", (str(run.root), d)))
-            for d in todo]
+    calls = [(f"{Path(d).name} (figure 3)", Call("sftmerge.eval.imbalance:score_merged", (str(run.root), d)))
+             for d in todo]
+    if not run.base_equal.is_file():
+        calls.append(("base-equal shares", Call("sftmerge.eval.sparsity:write_base_equal", (str(run.root), base))))
+    return calls
 
 
 def _controls(settings: DemoSettings, task: str) -> List[str]:
@@ -188,15 +191,20 @@ def _controls(settings: DemoSettings, task: str) -> List[str]:
 
 
 def stage_imbalance(run: RunLayout, merges, config, limit: Optional[int]) -> StageResult:
-    """Figures 1 and 3; figure 4 too when the run kept same-step snapshots."""
-    from sftmerge.eval.imbalance import imbalance
+    """Figures 1 and 3, the sub-models' shares of base-equal elements; figure 4 too when the run
+    kept same-step snapshots."""
+    from sftmerge.eval.imbalance import imbalance, is_current
 
     merged = [str(run.merged(m)) for m in merges]
-    done = run.imbalance / "imbalance.json"
     did = []
-    if not (done.is_file() and json.loads(done.read_text())["merged"] == merged):
+    if not is_current(run.imbalance, merged):
         imbalance(run.root, merged, run.imbalance)
         did.append("figures 1, 3")
+    if not run.base_equal.is_file():  # normally written by the evaluation pool (`pool_tail`)
+        from sftmerge.eval.sparsity import write_base_equal
+
+        write_base_equal(str(run.root), config.base, echo=lambda _: None)
+        did.append("base-equal shares")
     if config.keep_checkpoint_steps and not (run.steps / "steps.json").is_file():
         from sftmerge.pipelines.steps import step_curves
 

@@ -52,7 +52,9 @@ def paired_rows(run: Path, task: str, singles: List[str], merges: List[str], see
 
 def write_report(run: Path, task: str, settings, times: Dict, host: Dict, config) -> Path:
     from sftmerge.eval.ensemble import ENSEMBLE
+    from sftmerge.eval.imbalance import POOLED, spearman_lines
     from sftmerge.eval.paired_table import best_single
+    from sftmerge.eval.sparsity import base_equal_lines
     from sftmerge.eval.summary import collect, markdown, table
     from sftmerge.pipelines.controls import COMPUTE_MATCHED, evaluated, seed_variants
     from sftmerge.pipelines.report_controls import legend_lines, model_order, seeds_lines, spread_lines
@@ -100,9 +102,15 @@ def write_report(run: Path, task: str, settings, times: Dict, host: Dict, config
     lines += paired_table_markdown(paired) if paired else ["(no per-sample scores to pair)"]
     lines += ["", "## Training imbalance", "",
               "Final per-sample training loss against the sample's position in the first epoch "
-              "(Spearman's rho per order; a negative rho: samples seen later end with lower loss):", "",
-              "| order | rho | p | n |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['rho']:+.3f} | {v['p_value']:.3g} | {v['n']} |" for k, v in spearman.items()]
+              "(Spearman's rho per order, with a 95% interval; a negative rho: samples seen later end with lower "
+              f"loss; `{POOLED}`: every order's pairs, each loss minus the sample's mean over the orders, so that "
+              "how hard a sample is drops out):", ""]
+    lines += spearman_lines(spearman)
+    if layout.base_equal.is_file():
+        lines += ["", "Elements of the sub-models stored exactly equal to the base (in their saved dtype): a `select` "
+                  "draw that lands on one keeps the base's value, and `resample` draws it again among the "
+                  "sub-models that changed it:", ""]
+        lines += base_equal_lines(json.loads(layout.base_equal.read_text()))
     lines += ["", "![loss vs first-epoch position](imbalance/position.png)", "",
               "![losses along order-0's data order, sub-models and merges](imbalance/anchor.png)", "",
               "![evaluation summary](eval/summary.png)", ""]

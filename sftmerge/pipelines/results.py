@@ -138,8 +138,23 @@ def stages_table(folder: Path, opts: Dict[str, str]) -> List[str]:
     return lines
 
 
+def imbalance_table(folder: Path, opts: Dict[str, str]) -> List[str]:
+    """Spearman's rho of final loss against first-epoch position (imbalance/spearman.json)."""
+    from sftmerge.eval.imbalance import spearman_lines
+
+    return spearman_lines(_load(folder, "imbalance/spearman.json"))
+
+
+def base_equal_table(folder: Path, opts: Dict[str, str]) -> List[str]:
+    """The sub-models' shares of elements equal to the base (imbalance/base_equal.json)."""
+    from sftmerge.eval.sparsity import base_equal_lines
+
+    return base_equal_lines(_load(folder, "imbalance/base_equal.json"))
+
+
 KINDS: Dict[str, Callable[[Path, Dict[str, str]], List[str]]] = {
     "models": models_table, "paired": paired_table, "stages": stages_table,
+    "imbalance": imbalance_table, "base_equal": base_equal_table,
 }
 
 
