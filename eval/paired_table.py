@@ -46,6 +46,31 @@ def paired_rows(results_root: Path, task: str, singles: Sequence[str], merges: S
     return rows
 
 
+SINGLES_MEAN = "mean-of-singles"
+
+
+def vs_singles_mean(results_root: Path, task: str, singles: Sequence[str], models: Sequence[str],
+                    keys=("correct", "loss")) -> List[Dict]:
+    """Each of MODELS against the single models' mean score on every problem: how a merge compares
+    with one run of SFT, the order not chosen. A paired t interval on the per-problem differences,
+    for 0/1 scores too (the mean of K 0/1 scores is not 0/1). Needs 2 singles or more."""
+    from sftmerge.eval.paired import align, paired_continuous
+
+    if len(singles) < 2:
+        return []
+    cache = {n: _samples(results_root, n, task) for n in {*singles, *models}}
+    rows = []
+    for a in models:
+        for key in keys:
+            if any(not cache[n] or key not in cache[n][0] for n in (a, *singles)):
+                continue
+            columns = [align(cache[a], cache[s], key, (a, s)) for s in singles]
+            mean = [sum(col) / len(singles) for col in zip(*(b for _, b in columns))]
+            rows.append({"a": a, "b": SINGLES_MEAN, "metric": LABELS.get(key, key),
+                         **paired_continuous(columns[0][0], mean)})
+    return rows
+
+
 def paired_table_markdown(rows: List[Dict]) -> List[str]:
     lines = ["| A | B | metric | A - B [95% interval] | p | test |", "|---|---|---|---|---|---|"]
     for r in rows:

@@ -122,8 +122,8 @@ def base_equal_lines(shares: Dict) -> List[str]:
     """`base_equal_shares` as a markdown table."""
     lines = ["| elements stored equal to the base | share |", "|---|---|"]
     lines += [f"| in {name} | {value:.3f} |" for name, value in shares["models"].items()]
-    lines += [f"| in a `select` draw (redrawn by `resample`) | {shares['drawn_equal_base']:.3f} |",
-              f"| in every sub-model (left at the base even by `resample`) | {shares['equal_base_in_all']:.3f} |"]
+    lines += [f"| in a `select` draw (where `resample` draws again) | {shares['drawn_equal_base']:.3f} |",
+              f"| in every sub-model (kept at the base by `resample` too) | {shares['equal_base_in_all']:.3f} |"]
     return lines
 
 

@@ -69,7 +69,9 @@ def test_demo_writes_merges_results_plots_and_report(demo_run, tiny_chat_model):
     for png in ("imbalance/position.png", "imbalance/anchor.png", "eval/summary.png"):
         assert f"]({png})" in report
     assert "merge_method: param_select" in report and "## Machine" in report
-    assert "| all orders | " in report and "| in every sub-model (left at the base even by `resample`) | " in report
+    assert "| select | mean-of-singles | exact match |" in report and "| ensemble | mean-of-singles | exact" in report
+    assert "| ensemble | mean-of-singles | held-out" not in report  # the members' mean loss by definition
+    assert "| all orders | " in report and "| in every sub-model (kept at the base by `resample` too) | " in report
     shares = json.loads((run / "imbalance" / "base_equal.json").read_text())
     assert set(shares["models"]) == {"order-0", "order-1"} and 0 <= shares["equal_base_in_all"] <= 1
     stages = json.loads((run / "stages.json").read_text())
@@ -126,12 +128,18 @@ def test_paired_comparisons_cover_every_pair_and_match_the_samples(demo_run):
     best = {r["b"] for r in rows if r["a"] in SEEDS}
     assert len(best) == 1 and best <= {"order-0", "order-1"}  # each seed's merge vs the best sub-model
     expected |= {(m, *best) for m in SEEDS}
-    assert pairs == expected and len(rows) == 2 * len(expected)
+    expected |= {(m, "mean-of-singles") for m in [*a_side, "compute-matched"]}  # one SFT run, order not chosen
+    # two metrics per pair, less the ensemble's loss against the singles' mean (equal by definition)
+    assert pairs == expected and len(rows) == 2 * len(expected) - 1
     for a, b in (("select", "order-0"), ("ensemble", "compute-matched")):
         r = next(r for r in rows if (r["a"], r["b"]) == (a, b) and r["metric"] == "held-out loss")
         va, vb = _samples(run, a), _samples(run, b)
         assert r["diff"] == pytest.approx(sum(va[i]["loss"] - vb[i]["loss"] for i in va) / len(va))
         assert r["ci95"][0] <= r["diff"] <= r["ci95"][1]
+    r = next(r for r in rows if (r["a"], r["b"]) == ("select", "mean-of-singles") and r["metric"] == "exact match")
+    va, o0, o1 = _samples(run, "select"), _samples(run, "order-0"), _samples(run, "order-1")
+    assert r["diff"] == pytest.approx(sum(va[i]["correct"] - (o0[i]["correct"] + o1[i]["correct"]) / 2
+                                          for i in va) / len(va))
 
 
 def test_model_cards_read_the_new_rows(demo_run):

@@ -147,6 +147,22 @@ def test_report_has_every_model_with_intervals_and_sparsity(pipeline):
     assert (out / "sparsity" / "sparsity.md").is_file() and "| sft-l1 |" in md
 
 
+def test_kept_run_renders_the_report_tables_into_a_readme(pipeline, tmp_path):
+    from sftmerge.pipelines.results import keep, render_readme
+
+    out, _, md, _ = pipeline
+    keep(str(out), str(tmp_path / "kept"))
+    assert not list((tmp_path / "kept").rglob("*.safetensors")) and (tmp_path / "kept" / "report.json").is_file()
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results kept paft -->\n<!-- /results -->\n\n<!-- results kept paft part=paired -->\n"
+                      "<!-- /results -->\n")
+    render_readme(str(readme))
+    text = readme.read_text()
+    for line in text.splitlines():  # the README's tables are the report's own lines
+        assert not line.startswith("| ") or line in md, line
+    assert "| paft | sft-dpo | exact match |" in text and "| sft-l1 | " in text
+
+
 def test_pipeline_rerun_skips_finished_steps(pipeline, tiny_bf16_base):
     from sftmerge.pipelines.paft import run_paft
 

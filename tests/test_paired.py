@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from sftmerge.errors import SftmergeError
@@ -79,3 +81,33 @@ def test_align_matches_by_id_and_refuses_different_problem_sets():
     assert align(a, b, "correct") == ([0.0, 1.0], [1.0, 1.0])
     with pytest.raises(SftmergeError, match="different problems"):
         align(a, [{"id": "q3", "correct": 1.0}, {"id": "q2", "correct": 1.0}], "correct")
+
+
+def test_against_the_singles_mean_is_a_paired_t_on_per_problem_means(tmp_path):
+    import json
+
+    from scipy.stats import ttest_rel
+
+    from sftmerge.eval.paired_table import SINGLES_MEAN, vs_singles_mean
+    from sftmerge.io.layout import ResultsLayout
+
+    rng = random.Random(3)
+    n = 40
+    scores = {"order-0": [rng.random() < 0.3 for _ in range(n)], "order-1": [rng.random() < 0.4 for _ in range(n)],
+              "select": [rng.random() < 0.5 for _ in range(n)]}
+    layout = ResultsLayout(tmp_path)
+    for name, correct in scores.items():
+        path = layout.samples(name, "arith")
+        path.parent.mkdir(parents=True)
+        ids = list(range(n))
+        rng.shuffle(ids)  # the files' order does not matter: problems are matched by id
+        path.write_text("".join(json.dumps({"id": i, "correct": int(correct[i]), "loss": 1.0 - correct[i] / 2})
+                                + "\n" for i in ids))
+    rows = vs_singles_mean(tmp_path, "arith", ["order-0", "order-1"], ["select"])
+    assert [(r["a"], r["b"], r["metric"]) for r in rows] == [("select", SINGLES_MEAN, "exact match"),
+                                                             ("select", SINGLES_MEAN, "held-out loss")]
+    mean = [(a + b) / 2 for a, b in zip(scores["order-0"], scores["order-1"])]
+    expect = ttest_rel([float(x) for x in scores["select"]], mean)
+    assert rows[0]["diff"] == pytest.approx(sum(scores["select"]) / n - sum(mean) / n)
+    assert rows[0]["p_value"] == pytest.approx(expect.pvalue) and rows[0]["test"] == "paired t"
+    assert vs_singles_mean(tmp_path, "arith", ["order-0"], ["select"]) == []  # one single: no mean to speak of

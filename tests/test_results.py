@@ -99,7 +99,7 @@ def test_readme_tables_come_from_the_files_and_check_fails_when_they_differ(run,
     assert "| train | 10 | 1 new | |" in text and "| eval | 3 |  | 12% |" in text  # steal where recorded
     assert "| total | 13 | | |" in text
     assert "| order-0 | -0.123 [-0.350, +0.110] | 0.04 | 64 |" in text
-    assert "| in a `select` draw (redrawn by `resample`) | 0.700 |" in text
+    assert "| in a `select` draw (where `resample` draws again) | 0.700 |" in text
     assert render_readme(str(readme), check=True) == []
 
     summary = run / "eval" / "summary.json"  # a figure changes in the files: the README is now stale

@@ -53,7 +53,7 @@ def paired_rows(run: Path, task: str, singles: List[str], merges: List[str], see
 def write_report(run: Path, task: str, settings, times: Dict, host: Dict, config) -> Path:
     from sftmerge.eval.ensemble import ENSEMBLE
     from sftmerge.eval.imbalance import POOLED, spearman_lines
-    from sftmerge.eval.paired_table import best_single
+    from sftmerge.eval.paired_table import SINGLES_MEAN, best_single, vs_singles_mean
     from sftmerge.eval.sparsity import base_equal_lines
     from sftmerge.eval.summary import collect, markdown, table
     from sftmerge.pipelines.controls import COMPUTE_MATCHED, evaluated, seed_variants
@@ -81,7 +81,11 @@ def write_report(run: Path, task: str, settings, times: Dict, host: Dict, config
     best = best_single(t, task, singles)
     spread_names = [v for vs in variants.values() for v in vs if v in t["models"]]
     spread = paired_rows(run, task, [best], spread_names, settings.seed, keys, within=False) if best else []
-    write_json(layout.paired, paired + spread)
+    to_mean = vs_singles_mean(layout.eval_root, task, singles, [*a_side, *(m for m in b_side if m not in singles)],
+                              keys)
+    # The ensemble's held-out loss is the members' mean by definition: a row that cannot differ.
+    to_mean = [r for r in to_mean if not (r["a"] == ENSEMBLE and r["metric"] == LABELS["loss"])]
+    write_json(layout.paired, to_mean + paired + spread)
     spearman = json.loads((layout.imbalance / "spearman.json").read_text())
 
     lines = [f"# {run.name}: multi-order SFT and merging", "",
@@ -99,6 +103,10 @@ def write_report(run: Path, task: str, settings, times: Dict, host: Dict, config
               f"(2000 resamples, seed {settings.seed}), McNemar exact p-value. Held-out loss: mean per-problem "
               "difference, t interval, paired t p-value (negative = A has the lower loss). **Bold**: the interval "
               "excludes 0.", ""]
+    if to_mean:
+        lines += [f"Against `{SINGLES_MEAN}`, the {len(singles)} sub-models' mean score on each problem (one SFT run "
+                  "with an order not chosen; a paired t interval, for exact match too):", ""]
+        lines += paired_table_markdown(to_mean) + ["", "Against each model:", ""]
     lines += paired_table_markdown(paired) if paired else ["(no per-sample scores to pair)"]
     lines += ["", "## Training imbalance", "",
               "Final per-sample training loss against the sample's position in the first epoch "

@@ -152,9 +152,23 @@ def base_equal_table(folder: Path, opts: Dict[str, str]) -> List[str]:
     return base_equal_lines(_load(folder, "imbalance/base_equal.json"))
 
 
+def paft_table(folder: Path, opts: Dict[str, str]) -> List[str]:
+    """A PAFT run's report.json (`sftmerge train paft`): its models table, or with `part=paired`
+    the paired comparisons against sequential SFT -> DPO and plain SFT."""
+    from sftmerge.eval.paired_table import paired_table_markdown
+    from sftmerge.pipelines.paft import report_markdown
+
+    doc = _load(folder, "report.json")
+    if opts.get("part") == "paired":
+        return paired_table_markdown(doc["paired"])
+    results = {label: {"metrics": metrics, "n": doc["n"][label]} for label, metrics in doc["arith"].items()}
+    return [line for line in report_markdown(results, doc["sparsity"], doc["tolerance"]).splitlines()
+            if line.startswith("|")]
+
+
 KINDS: Dict[str, Callable[[Path, Dict[str, str]], List[str]]] = {
     "models": models_table, "paired": paired_table, "stages": stages_table,
-    "imbalance": imbalance_table, "base_equal": base_equal_table,
+    "imbalance": imbalance_table, "base_equal": base_equal_table, "paft": paft_table,
 }
 
 
