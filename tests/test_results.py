@@ -128,3 +128,22 @@ def test_the_readme_says_what_the_kept_results_say():
 
     assert render_readme(str(REPO / "README.md"), check=True) == []
     assert (REPO / "docs" / "results" / "demo" / "eval" / "summary.json").is_file()
+
+
+def test_claims_table_turns_pairs_round_and_names_the_run(run, tmp_path):
+    """A claim's pair stored the other way round (B vs A) is shown as A - B, interval flipped."""
+    from sftmerge.pipelines.results import claims_table
+
+    rows = [{"a": "average", "b": "select", "metric": "held-out loss", "diff": 0.002, "ci95": [0.001, 0.003],
+             "p_value": 0.01, "test": "paired t"},
+            {"a": "average", "b": "select", "metric": "exact match", "diff": 0.0, "ci95": [0.0, 0.0],
+             "p_value": 1.0, "test": "McNemar exact"}]
+    (run / "paired.json").write_text(json.dumps(rows))
+    lines = claims_table(tmp_path, {"runs": "run"})
+    assert lines[2] == ("| selection beats averaging | run | select | average | held-out loss | "
+                        "**-0.0020 [-0.0030, -0.0010]** | 0.01 | paired t |")
+    assert lines[3] == ("| selection beats averaging | run | select | average | exact match | "
+                        "+0.000 [+0.000, +0.000] | 1 | McNemar exact |")  # no -0.000
+    assert len(lines) == 4  # the run has no other claim's pair
+    with pytest.raises(SftmergeError, match="no claims"):
+        claims_table(tmp_path, {"runs": ""})

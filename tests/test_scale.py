@@ -97,7 +97,17 @@ def test_bad_combinations_are_one_line_before_training(tiny_chat_model, tmp_path
 @pytest.mark.parametrize("precision", ["bf16", "bf16-mixed"])
 def test_bf16_without_bf16_hardware_is_refused(tiny_chat_model, tmp_path, precision):
     line = _cli_error(f"base: {tiny_chat_model}\nprecision: {precision}\n", tmp_path)
-    assert f"precision {precision} needs bf16 hardware" in line
+    assert f"precision {precision} needs bf16 hardware" in line and "allow_emulated_bf16: true" in line
+
+
+@pytest.mark.skipif(has_bf16() or torch.cuda.is_available(), reason="bf16 is native here: nothing to emulate")
+def test_bf16_on_such_a_cpu_trains_when_asked(tiny_chat_model, tmp_path):
+    config = tiny_config(tiny_chat_model, tmp_path / "run", orders=1, num_samples=4, precision="bf16",
+                         allow_emulated_bf16=True)
+    [summary] = run_multi_order(config, echo=lambda _: None)
+    assert summary["precision"] == "bf16" and summary["steps"] == 1
+    trained, base = weights(tmp_path / "run" / "order-0"), weights(tiny_chat_model)
+    assert any(not torch.equal(trained[n], base[n].to(trained[n].dtype)) for n in base)  # it learned something
 
 
 def test_chat_format_still_needs_a_chat_template(plain_base, tmp_path):

@@ -97,7 +97,7 @@ def run_dpo(config: DPORunConfig, overwrite: bool = False, echo: Callable[[str],
         echo(f"{out}: already finished, skipped")
         return json.loads((out / SUMMARY).read_text())
     # Before anything is loaded: the base, the data, and whether OUT may be written at all.
-    check_precision(resolve_precision(config.precision))
+    check_precision(resolve_precision(config.precision), config.allow_emulated_bf16)
     check_base(config.base)
     prefs = load_preferences(config.data, "train", config.num_samples, config.data_seed)
     clean_stale(out)  # temp folders of a run killed while writing OUT

@@ -196,7 +196,7 @@ def check_inputs(config: SFTRunConfig, only: Optional[Sequence[int]], score_samp
         raise SftmergeError(f"--order {bad[0]} is outside 0..{K - 1} (K = {K})")
     if config.sample_losses_at_checkpoints and score_samples is None:
         raise SftmergeError("sample_losses_at_checkpoints needs a sample scorer (score_samples)")
-    check_precision(resolve_precision(config.precision))
+    check_precision(resolve_precision(config.precision), config.allow_emulated_bf16)
     check_strategy(config)
     template_file = config.sft_args.get("chat_template_path")
     if config.format == "chat" and template_file and not Path(template_file).is_file():

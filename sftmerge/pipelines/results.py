@@ -166,9 +166,51 @@ def paft_table(folder: Path, opts: Dict[str, str]) -> List[str]:
             if line.startswith("|")]
 
 
+# The two papers' claims, as (A, B) pairs of each run's paired.json (A - B > 0: A scores higher).
+CLAIMS = (
+    ("merged beats single SFT", (("select", "mean-of-singles"), ("resample", "mean-of-singles"))),
+    ("merged beats the same compute on one order", (("select", "compute-matched"), ("resample", "compute-matched"))),
+    ("selection beats averaging", (("select", "average"),)),
+    ("resampling adds about 2 points", (("resample", "select"),)),
+    ("a merge comes close to the output ensemble", (("select", "ensemble"), ("resample", "ensemble"))),
+)
+
+
+def _oriented(rows: List[Dict], a: str, b: str) -> List[Dict]:
+    """The rows of A vs B, turned round where the file holds B vs A."""
+    out = [r for r in rows if (r["a"], r["b"]) == (a, b)]
+    for r in rows:
+        if (r["a"], r["b"]) == (b, a):
+            lo, hi = r["ci95"]
+            out.append({**r, "a": a, "b": b, "diff": 0.0 - r["diff"], "ci95": [0.0 - hi, 0.0 - lo]})  # no -0.0
+    return out
+
+
+def claims_table(folder: Path, opts: Dict[str, str]) -> List[str]:
+    """Each claim's paired comparisons in every run of `runs=` (kept folders under FOLDER), and
+    with `paft=` that run's PAFT merge against sequential SFT -> DPO."""
+    from sftmerge.eval.paired_table import paired_table_markdown
+
+    lines = ["| claim | run | A | B | metric | A - B [95% interval] | p | test |", "|---|---|---|---|---|---|---|---|"]
+
+    def add(claim: str, run: str, rows: List[Dict]) -> None:
+        lines.extend(f"| {claim} | {run} " + line for line in paired_table_markdown(rows)[2:])
+
+    for claim, pairs in CLAIMS:
+        for run in _names(opts.get("runs", "")):
+            rows = _load(folder / run, "paired.json")
+            add(claim, run, [r for a, b in pairs for r in _oriented(rows, a, b)])
+    if "paft" in opts:
+        doc = _load(folder / opts["paft"], "report.json")
+        add("PAFT beats sequential training", opts["paft"], _oriented(doc["paired"], "paft", "sft-dpo"))
+    if len(lines) == 2:
+        raise SftmergeError(f"results {folder}: no claims to show for {opts}")
+    return lines
+
+
 KINDS: Dict[str, Callable[[Path, Dict[str, str]], List[str]]] = {
     "models": models_table, "paired": paired_table, "stages": stages_table,
-    "imbalance": imbalance_table, "base_equal": base_equal_table, "paft": paft_table,
+    "imbalance": imbalance_table, "base_equal": base_equal_table, "paft": paft_table, "claims": claims_table,
 }
 
 
