@@ -149,11 +149,12 @@ paft: setup
 #   make research RESEARCH=arith-fp32|arith-bf16|arith-batch|gsm8k   then   make results-keep RESEARCH=...
 RESEARCH ?= arith-fp32
 RESEARCH_DIR ?= runs/research
-# arith-bf16 on a CPU without bf16 instructions trains about 3x slower than fp32 (docs/train.md), so
-# it leaves out the compute-matched model there (its controls: the ensemble and the merge seeds).
+# arith-bf16 without bf16 hardware (a CPU without AVX512-BF16/AMX, `has_bf16`) trains about 3x slower
+# than fp32 (docs/train.md), so it leaves out the compute-matched model there (its controls: the
+# ensemble and the merge seeds).
 RESEARCH_ARGS_arith-fp32 = --config train/configs/research_arith.yaml --precision fp32 --compute-matched
 RESEARCH_ARGS_arith-bf16 = --config train/configs/research_arith.yaml --precision bf16 --allow-emulated-bf16 \
-	$(if $(shell grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo y),--compute-matched)
+	$(if $(shell $(BIN)/python -c 'from sftmerge.train.hardware import has_bf16; print("y" if has_bf16() else "")'),--compute-matched)
 RESEARCH_ARGS_arith-batch = --config train/configs/research_arith.yaml --precision fp32 --order-mode batch \
 	--compute-matched
 RESEARCH_ARGS_gsm8k = --config train/configs/research_gsm8k.yaml --data-dir $(or $(DATA_DIR),../shared/data) \

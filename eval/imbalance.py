@@ -67,10 +67,9 @@ def pooled_pairs(losses: Dict[str, List[Dict]]) -> Optional[List[tuple]]:
     return [(r["position"], r["loss"] - mean[r["sample"]]) for rows in losses.values() for r in rows]
 
 
-def pooled_spearman(losses: Dict[str, List[Dict]]) -> Optional[Dict]:
-    """Spearman's rho over `pooled_pairs`; None with fewer than 2 orders."""
-    pairs = pooled_pairs(losses)
-    return spearman([p for p, _ in pairs], [d for _, d in pairs]) if pairs else None
+def pooled_spearman(pairs: List[tuple]) -> Dict:
+    """Spearman's rho over `pooled_pairs`."""
+    return spearman([p for p, _ in pairs], [d for _, d in pairs])
 
 
 def binned_means(x: Sequence[float], y: Sequence[float], bins: int) -> List[tuple]:
@@ -135,7 +134,7 @@ def figure_position(losses: Dict[str, List[Dict]], out: Path, run_name: str, bin
     ax.set_title(f"{run_name}: final loss vs first-epoch position", fontsize=10)
     ax.legend(fontsize=7, loc="best")
     if pairs:
-        stats[POOLED] = pooled_spearman(losses)
+        stats[POOLED] = pooled_spearman(pairs)
         _plot_pooled(axes[0][1], pairs, stats[POOLED], bins)
     fig.tight_layout()
     _save(fig, out / "position.png")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from sftmerge.io import checkpoint
 from sftmerge.errors import SftmergeError
@@ -65,19 +65,13 @@ def delta_sparsity(model: str | Path, base: str | Path, tolerance: float) -> Dic
     return counts
 
 
-def base_equal_shares(models: Sequence[str | Path], base: str | Path,
-                      weights: Optional[Sequence[float]] = None) -> Dict:
+def base_equal_shares(models: Sequence[str | Path], base: str | Path) -> Dict:
     """What parameter selection meets in the sub-models: per model, the share of elements stored
-    exactly equal to the base; the share of a weighted draw that lands on such an element (what
-    `resample` redraws); and the share equal to the base in every model (what even `resample`
-    leaves at the base). Compared in each model's stored dtype, the base cast to it."""
+    exactly equal to the base; the share of an equal-weight draw that lands on such an element
+    (where `resample` draws again); and the share equal to the base in every model (what even
+    `resample` keeps at the base). Compared in each model's stored dtype, the base cast to it."""
     from tqdm import tqdm
 
-    import torch
-
-    weights = list(weights) if weights is not None else [1.0] * len(models)
-    if len(weights) != len(models) or sum(weights) <= 0:
-        raise SftmergeError(f"{len(weights)} weights for {len(models)} models, or a zero weight sum")
     total, in_all = 0, 0
     equal = [0] * len(models)
     for name, tensors in tqdm(checkpoint.iter_tensors([base, *models]), total=len(checkpoint.shapes(base)),
@@ -87,24 +81,26 @@ def base_equal_shares(models: Sequence[str | Path], base: str | Path,
             continue
         if any(t.shape != b.shape for t in subs):
             raise SftmergeError(f"tensor {name}: shapes differ between the base and the sub-models")
-        same = [t == b.to(t.dtype) for t in subs]
+        everywhere = None
+        for i, t in enumerate(subs):
+            same = t == b.to(t.dtype)
+            equal[i] += int(same.sum())
+            everywhere = same if everywhere is None else everywhere & same
         total += b.numel()
-        in_all += int(torch.stack(same).all(dim=0).sum())
-        for i, s in enumerate(same):
-            equal[i] += int(s.sum())
+        in_all += int(everywhere.sum())
     if not total:
         raise SftmergeError(f"no floating-point tensors shared by {base} and the sub-models")
     share = [e / total for e in equal]
     return {
         "base": str(base), "elements": total,
-        "models": {label: value for label, value in zip(model_labels([str(m) for m in models]), share)},
-        "drawn_equal_base": sum(w * v for w, v in zip(weights, share)) / sum(weights),
+        "models": dict(zip(model_labels([str(m) for m in models]), share)),
+        "drawn_equal_base": sum(share) / len(share),  # the run's recipes weigh the orders equally
         "equal_base_in_all": in_all / total,
     }
 
 
 def write_base_equal(run: str, base: str, echo=print) -> List[str]:
-    """RUN's sub-models' `base_equal_shares` (equal weights, as the run's recipes draw) into
+    """RUN's sub-models' `base_equal_shares` into
     RUN/imbalance/base_equal.json; also a job for the evaluation's worker pool (eval/cpu_pool.py
     `Call`), which runs it beside the last evaluations. Returns failure lines."""
     from sftmerge.io.fsutil import write_json

@@ -113,7 +113,7 @@ def test_spearman_interval_and_the_pooled_rho_ignore_sample_difficulty():
     (how hard a sample is) that hides a position effect from each order's own rho."""
     import random
 
-    from sftmerge.eval.imbalance import POOLED, pooled_spearman, spearman
+    from sftmerge.eval.imbalance import POOLED, pooled_pairs, pooled_spearman, spearman
 
     rng = random.Random(0)
     n, k = 200, 4
@@ -124,7 +124,7 @@ def test_spearman_interval_and_the_pooled_rho_ignore_sample_difficulty():
         rng.shuffle(order)
         losses[f"order-{o}"] = sorted(({"sample": s, "position": p, "loss": hard[s] - 0.002 * p + rng.gauss(0, 0.1)}
                                        for p, s in enumerate(order)), key=lambda r: r["sample"])
-    pooled = pooled_spearman(losses)
+    pooled = pooled_spearman(pooled_pairs(losses))
     lo, hi = pooled["ci95"]
     assert pooled["n"] == n * k and lo < pooled["rho"] < hi < -0.5  # the effect, clearly
     for rows in losses.values():
@@ -132,5 +132,5 @@ def test_spearman_interval_and_the_pooled_rho_ignore_sample_difficulty():
         assert own["ci95"][0] < own["rho"] < own["ci95"][1] and own["ci95"][1] > -0.5  # hidden by difficulty
         assert own["ci95"][1] - own["ci95"][0] > hi - lo  # fewer pairs, wider
     shifted = {o: [dict(r, loss=r["loss"] + 100 * r["sample"] % 7) for r in rows] for o, rows in losses.items()}
-    assert pooled_spearman(shifted)["rho"] == pytest.approx(pooled["rho"])
-    assert pooled_spearman({"order-0": losses["order-0"]}) is None and POOLED not in losses
+    assert pooled_spearman(pooled_pairs(shifted))["rho"] == pytest.approx(pooled["rho"])
+    assert pooled_pairs({"order-0": losses["order-0"]}) is None and POOLED not in losses

@@ -196,9 +196,9 @@ def claims_table(folder: Path, opts: Dict[str, str]) -> List[str]:
     def add(claim: str, run: str, rows: List[Dict]) -> None:
         lines.extend(f"| {claim} | {run} " + line for line in paired_table_markdown(rows)[2:])
 
+    runs = {run: _load(folder / run, "paired.json") for run in _names(opts.get("runs", ""))}
     for claim, pairs in CLAIMS:
-        for run in _names(opts.get("runs", "")):
-            rows = _load(folder / run, "paired.json")
+        for run, rows in runs.items():
             add(claim, run, [r for a, b in pairs for r in _oriented(rows, a, b)])
     if "paft" in opts:
         doc = _load(folder / opts["paft"], "report.json")
