@@ -106,6 +106,12 @@ def test_steps_command_merges_same_step_checkpoints(tiny_run, tmp_path):
     assert len(set(at0.values())) == 1  # all start from the base
     at4 = {r["model"]: r["loss"] for r in record["rows"] if r["step"] == 4}
     assert at4["order-0"] != at4["order-1"] and at4["order-0"] != at0["order-0"]
+    from sftmerge.pipelines.steps import steps_lines
+
+    table = steps_lines(record)  # the report's and the README's table: one row per step
+    assert table[0] == "| step | order-0 | order-1 | mean of singles | select |"
+    assert [t.split(" | ")[0] for t in table[2:]] == ["| 0", "| 2", "| 4"]
+    assert table[4].endswith(f"| {(at4['order-0'] + at4['order-1']) / 2:.4f} | {at4['select']:.4f} |")
 
 
 def test_spearman_interval_and_the_pooled_rho_ignore_sample_difficulty():

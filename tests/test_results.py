@@ -42,6 +42,11 @@ def run(tmp_path) -> Path:
                                                            "ci95": [-0.35, 0.11]}}),
         "imbalance/base_equal.json": json.dumps({"base": "b", "elements": 10, "models": {"order-0": 0.7},
                                                  "drawn_equal_base": 0.7, "equal_base_in_all": 0.7}),
+        "steps/steps.json": json.dumps({"method": "select", "rows": [
+            {"step": s, "model": m, "loss": loss} for s, m, loss in
+            [(0, "order-0", 1.3), (0, "order-1", 1.3), (0, "select", 1.3), (4, "order-0", 0.3),
+             (4, "order-1", 0.4), (4, "select", 0.33)]]}),
+        "steps/merged/step-4/model.safetensors": "weights",
     }
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -57,7 +62,7 @@ def test_keep_copies_result_files_and_never_weights(run, tmp_path):
         "config.yaml", "stages.json", "paired.json", "eval/summary.json", "eval/select/arith.json",
         "eval/select/arith.samples.jsonl", "order-0/summary.json", "order-0/sample_losses.jsonl",
         "merged/select/merge_report.json", "recipes/select.yml", "imbalance/figure1.png",
-        "imbalance/spearman.json", "imbalance/base_equal.json"])
+        "imbalance/spearman.json", "imbalance/base_equal.json", "steps/steps.json"])
     with pytest.raises(SftmergeError, match="exists"):
         keep(str(run), str(dest))  # an earlier copy is replaced only when asked
     keep(str(run), str(dest), overwrite=True)
@@ -83,13 +88,16 @@ stale
 
 <!-- results {folder} base_equal -->
 <!-- /results -->
+
+<!-- results {folder} steps -->
+<!-- /results -->
 """
 
 
 def test_readme_tables_come_from_the_files_and_check_fails_when_they_differ(run, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(README.format(folder="run"))
-    assert len(render_readme(str(readme), check=True)) == 5
+    assert len(render_readme(str(readme), check=True)) == 6
     assert "stale" in readme.read_text()  # --check changes nothing
     render_readme(str(readme))
     text = readme.read_text()
@@ -100,6 +108,8 @@ def test_readme_tables_come_from_the_files_and_check_fails_when_they_differ(run,
     assert "| total | 13 | | |" in text
     assert "| order-0 | -0.123 [-0.350, +0.110] | 0.04 | 64 |" in text
     assert "| in a `select` draw (where `resample` draws again) | 0.700 |" in text
+    assert "| step | order-0 | order-1 | mean of singles | select |" in text
+    assert "| 4 | 0.3000 | 0.4000 | 0.3500 | 0.3300 |" in text
     assert render_readme(str(readme), check=True) == []
 
     summary = run / "eval" / "summary.json"  # a figure changes in the files: the README is now stale

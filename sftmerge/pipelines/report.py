@@ -58,6 +58,7 @@ def write_report(run: Path, task: str, settings, times: Dict, host: Dict, config
     from sftmerge.eval.summary import collect, markdown, table
     from sftmerge.pipelines.controls import COMPUTE_MATCHED, evaluated, seed_variants
     from sftmerge.pipelines.report_controls import legend_lines, model_order, seeds_lines, spread_lines
+    from sftmerge.pipelines.steps import steps_lines
 
     layout = RunLayout(run)
     rows = [r for r in collect(layout.eval_root) if r["task"] == task]
@@ -124,7 +125,9 @@ def write_report(run: Path, task: str, settings, times: Dict, host: Dict, config
               "![evaluation summary](eval/summary.png)", ""]
     if (layout.steps / "steps.png").is_file():
         lines += ["Held-out loss against training step, single runs and the `select` merge of their same-step "
-                  "checkpoints:", "", "![loss vs step](steps/steps.png)", ""]
+                  "checkpoints (step 0: the base; a flat last epoch: converged):", ""]
+        lines += steps_lines(json.loads((layout.steps / "steps.json").read_text()))
+        lines += ["", "![loss vs step](steps/steps.png)", ""]
     lines += seeds_lines(layout, settings, config, [*merges, *spread_names])
     lines += ["## Recipes", ""]
     for m in merges:

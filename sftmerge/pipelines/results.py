@@ -152,6 +152,13 @@ def base_equal_table(folder: Path, opts: Dict[str, str]) -> List[str]:
     return base_equal_lines(_load(folder, "imbalance/base_equal.json"))
 
 
+def steps_table(folder: Path, opts: Dict[str, str]) -> List[str]:
+    """Held-out loss against training step, single runs and their same-step merge (steps/steps.json)."""
+    from sftmerge.pipelines.steps import steps_lines
+
+    return steps_lines(_load(folder, "steps/steps.json"))
+
+
 def paft_table(folder: Path, opts: Dict[str, str]) -> List[str]:
     """A PAFT run's report.json (`sftmerge train paft`): its models table, or with `part=paired`
     the paired comparisons against sequential SFT -> DPO and plain SFT."""
@@ -210,7 +217,8 @@ def claims_table(folder: Path, opts: Dict[str, str]) -> List[str]:
 
 KINDS: Dict[str, Callable[[Path, Dict[str, str]], List[str]]] = {
     "models": models_table, "paired": paired_table, "stages": stages_table,
-    "imbalance": imbalance_table, "base_equal": base_equal_table, "paft": paft_table, "claims": claims_table,
+    "imbalance": imbalance_table, "base_equal": base_equal_table, "steps": steps_table,
+    "paft": paft_table, "claims": claims_table,
 }
 
 

@@ -116,6 +116,24 @@ def _plot(record: Dict, path: Path, run_name: str) -> None:
     tmp.replace(path)
 
 
+def steps_lines(record: Dict) -> List[str]:
+    """steps.json as a markdown table: one row per step, each single run's held-out loss, their
+    mean, and the merge of the same-step checkpoints; the last row's change from the one before
+    it says whether training has converged (a flat last epoch)."""
+    method = record["method"]
+    singles = sorted({r["model"] for r in record["rows"]} - {method})
+    at: Dict[int, Dict[str, float]] = {}
+    for r in record["rows"]:
+        at.setdefault(r["step"], {})[r["model"]] = r["loss"]
+    lines = ["| step | " + " | ".join(singles) + f" | mean of singles | {method} |",
+             "|---|" + "---|" * (len(singles) + 2)]
+    for step in sorted(at):
+        mean = sum(at[step][m] for m in singles) / len(singles)
+        lines.append(f"| {step} | " + " | ".join(f"{at[step][m]:.4f}" for m in singles)
+                     + f" | {mean:.4f} | {at[step][method]:.4f} |")
+    return lines
+
+
 def steps_line(record: Dict) -> Optional[str]:
     last = max(r["step"] for r in record["rows"])
     at = {r["model"]: r["loss"] for r in record["rows"] if r["step"] == last}
