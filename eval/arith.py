@@ -23,13 +23,10 @@ def prompts(model: LoadedModel, pairs) -> list:
     return [chat_prompt(model.tokenizer, p.prompt) for p in pairs]
 
 
-def run(model: LoadedModel, settings: EvalSettings, workdir) -> TaskResult:
-    n = settings.limit or DEFAULT_N
-    pairs = load_pairs("arith", split="test", limit=n, seed=settings.arith_seed)
-    texts = prompts(model, pairs)
-    max_new = default_max_new_tokens(settings, MAX_NEW_TOKENS)
+def score_pairs(model: LoadedModel, pairs, texts, max_new: int, settings_doc: dict) -> TaskResult:
+    """Greedy answers (strict `#### N`) and the reference responses' loss for prompts TEXTS, in one
+    pass over each prompt; shared by arith and GSM8K's held-out variant."""
     t0 = time.time()
-    # The reference's loss and the greedy answer from one pass over each prompt (HF backend).
     responses, scored = generate_and_score(model, texts, [p.response for p in pairs], max_new, [])
     samples, correct, losses = [], [], []
     for pair, text, response, (logprob, n_tokens) in zip(pairs, texts, responses, scored):
@@ -42,10 +39,17 @@ def run(model: LoadedModel, settings: EvalSettings, workdir) -> TaskResult:
                         "extracted": got, "correct": ok, "loss": loss, "target_tokens": n_tokens})
     return TaskResult(
         metrics={"exact_match": summarize_proportion(correct), "loss": summarize(losses, bounds=None)},
-        settings={"limit": n, "num_fewshot": 0, "max_new_tokens": max_new, "decoding": "greedy",
-                  "answer": "strict: number after '#### '", "chat_template": True,
-                  "data": f"sftmerge.data.pairs arith test split, generator seed {settings.arith_seed}",
-                  "loss": "mean per-token NLL of the reference response given the chat prompt",
+        settings={**settings_doc, "max_new_tokens": max_new, "decoding": "greedy",
+                  "answer": "strict: number after '#### '",
+                  "loss": "mean per-token NLL of the reference response given the prompt",
                   "generation_seconds": round(time.time() - t0, 2)},
         samples=samples,
     )
+
+
+def run(model: LoadedModel, settings: EvalSettings, workdir) -> TaskResult:
+    n = settings.limit or DEFAULT_N
+    pairs = load_pairs("arith", split="test", limit=n, seed=settings.arith_seed)
+    return score_pairs(model, pairs, prompts(model, pairs), default_max_new_tokens(settings, MAX_NEW_TOKENS),
+                       {"limit": n, "num_fewshot": 0, "chat_template": True,
+                        "data": f"sftmerge.data.pairs arith test split, generator seed {settings.arith_seed}"})

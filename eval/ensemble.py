@@ -36,7 +36,7 @@ from sftmerge.eval.tasks import EvalSettings, runner
 
 ENSEMBLE = "ensemble"  # the result folder name of the demo's ensemble row
 BACKEND = "hf-ensemble"
-SUPPORTED = ("arith", "gsm8k", "gsm8k_trained")  # greedy generation and log-likelihoods only
+SUPPORTED = ("arith", "gsm8k", "gsm8k_trained", "gsm8k_heldout")  # greedy generation and log-likelihoods only
 RULE = "greedy argmax of the mean of the members' next-token log-softmax; loss: mean of the members' losses"
 
 
@@ -161,7 +161,9 @@ def evaluate_ensemble(members: Sequence[str], tasks: Sequence[str], settings: Ev
     if unsupported:
         raise SftmergeError(f"the output ensemble cannot run task {unsupported[0]} (it runs: {', '.join(SUPPORTED)})")
     check_inputs(members, tasks, settings)
-    if any(t == "gsm8k_trained" for t in tasks):
+    from sftmerge.data.tasks import TASKS
+
+    if any(TASKS[t].trained_format for t in tasks):  # one prompt per problem for all members
         _check_same_format(members)
     model = load_ensemble(members, settings.batch_size, settings.seed, name)
     Path(out).mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,11 @@
   text template). Only the prompt changes: lm-eval's generation settings, stop
   sequences, strict-match/flexible-extract regexes and exact-match rule are the
   standard task's, because the task YAML includes lm-eval's gsm8k.yaml.
+
+A third, `gsm8k_heldout`, is scored as the built-in arith task is (eval/arith.py): the same
+test problems zero-shot in the training format, greedy strict `#### N` exact match, and the
+held-out loss of each reference solution (the training data's form of it, calculator
+annotations removed): the measure that still moves where a small model's accuracy is near 0.
 """
 
 from __future__ import annotations
@@ -75,3 +80,21 @@ def run_trained(model: LoadedModel, settings: EvalSettings, workdir) -> TaskResu
     doc.update(lm_eval_task="gsm8k.yaml included; zero-shot, prompt = the question in the training format",
                data=source, chat_template=fmt.kind == "chat", variant="trained", **fmt.record())
     return TaskResult(metrics=metrics, settings=doc, samples=samples, extra=extra)
+
+
+HELDOUT_MAX_NEW_TOKENS = 256  # lm-eval's gsm8k generation length
+
+
+def run_heldout(model: LoadedModel, settings: EvalSettings, workdir) -> TaskResult:
+    """Zero-shot in the training format: strict exact match and the reference solutions' held-out loss."""
+    from sftmerge.data.pairs import load_pairs
+    from sftmerge.eval.arith import score_pairs
+    from sftmerge.eval.tasks import default_max_new_tokens
+
+    fmt = trained_format(model.path, model.tokenizer)
+    spec = f"gsm8k:{Path(settings.data_dir) / 'gsm8k'}" if settings.data_dir else "gsm8k"
+    pairs = load_pairs(spec, "test", settings.limit)
+    texts = [fmt.prompt(model.tokenizer, p.prompt) for p in pairs]
+    return score_pairs(model, pairs, texts, default_max_new_tokens(settings, HELDOUT_MAX_NEW_TOKENS),
+                       {"limit": settings.limit, "num_fewshot": 0, "data": spec, "variant": "held-out",
+                        "chat_template": fmt.kind == "chat", **fmt.record()})

@@ -49,25 +49,67 @@ def paired_rows(results_root: Path, task: str, singles: Sequence[str], merges: S
 SINGLES_MEAN = "mean-of-singles"
 
 
+def _gains(cache: Dict[str, List[Dict]], model: str, singles: Sequence[str], key: str) -> Optional[Dict]:
+    """{problem id: MODEL's score minus the singles' mean score on that problem}; None where a
+    score is missing."""
+    from sftmerge.errors import SftmergeError
+
+    if any(not cache[n] or key not in cache[n][0] for n in (model, *singles)):
+        return None
+    scores = {n: {r["id"]: r[key] for r in cache[n]} for n in (model, *singles)}
+    if any(set(scores[n]) != set(scores[model]) for n in singles):
+        raise SftmergeError(f"{model} and the single models were scored on different problems; "
+                            "evaluate all with the same settings")
+    return {i: v - sum(scores[n][i] for n in singles) / len(singles) for i, v in scores[model].items()}
+
+
+def _t_row(gains: Dict, **fields) -> Dict:
+    from sftmerge.eval.paired import t_interval
+
+    return {**fields, **t_interval([gains[i] for i in sorted(gains)]), "test": "paired t"}
+
+
 def vs_singles_mean(results_root: Path, task: str, singles: Sequence[str], models: Sequence[str],
                     keys=("correct", "loss")) -> List[Dict]:
     """Each of MODELS against the single models' mean score on every problem: how a merge compares
     with one run of SFT, the order not chosen. A paired t interval on the per-problem differences,
     for 0/1 scores too (the mean of K 0/1 scores is not 0/1). Needs 2 singles or more."""
-    from sftmerge.eval.paired import align, paired_continuous
-
     if len(singles) < 2:
         return []
     cache = {n: _samples(results_root, n, task) for n in {*singles, *models}}
     rows = []
     for a in models:
         for key in keys:
-            if any(not cache[n] or key not in cache[n][0] for n in (a, *singles)):
-                continue
-            columns = [align(cache[a], cache[s], key, (a, s)) for s in singles]
-            mean = [sum(col) / len(singles) for col in zip(*(b for _, b in columns))]
-            rows.append({"a": a, "b": SINGLES_MEAN, "metric": LABELS.get(key, key),
-                         **paired_continuous(columns[0][0], mean)})
+            gains = _gains(cache, a, singles, key)
+            if gains is not None:
+                rows.append(_t_row(gains, a=a, b=SINGLES_MEAN, metric=LABELS.get(key, key)))
+    return rows
+
+
+def gain_difference(run_a: Path, run_b: Path, task: str, model: str, keys=("correct", "loss")) -> List[Dict]:
+    """MODEL's gain over its own run's singles' mean (per problem) in run A minus that in run B,
+    a paired t interval over the problems, which both runs must share: whether a change of the
+    training (e.g. permuting only the batches' order) keeps a merge's gain. RUN_A, RUN_B:
+    evaluation folders whose sub-models are named order-k."""
+    from sftmerge.errors import SftmergeError
+    from sftmerge.io.layout import is_order_name
+
+    rows = []
+    for key in keys:
+        gains = []
+        for root in (Path(run_a), Path(run_b)):
+            singles = sorted(p.name for p in root.iterdir() if is_order_name(p.name)) if root.is_dir() else []
+            g = _gains({n: _samples(root, n, task) for n in (model, *singles)}, model, singles, key) \
+                if len(singles) >= 2 else None
+            if g is None:
+                raise SftmergeError(f"{root}: needs {model} and 2 sub-models or more scored on {task} "
+                                    f"({LABELS.get(key, key)})")
+            gains.append(g)
+        if set(gains[0]) != set(gains[1]):
+            raise SftmergeError(f"{run_a} and {run_b} scored different problems: their gains cannot be paired")
+        mean_a, mean_b = (sum(g.values()) / len(g) for g in gains)
+        rows.append(_t_row({i: gains[0][i] - gains[1][i] for i in gains[0]}, metric=LABELS.get(key, key),
+                           gain_a=mean_a, gain_b=mean_b))
     return rows
 
 

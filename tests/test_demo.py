@@ -199,8 +199,8 @@ def test_bad_evaluation_flags_are_refused_before_training(tiny_chat_model, tmp_p
 @needs_shared_data
 def test_reproduce_smoke_on_gsm8k_from_local_data(tiny_chat_model, tmp_path):
     """`make reproduce DATA=gsm8k DATA_DIR=../shared/data` at a smoke size: the same pipeline,
-    GSM8K training pairs from the local copy, scored by lm-eval's gsm8k task, the output
-    ensemble included (through lm-eval's generation requests)."""
+    GSM8K training pairs from the local copy, scored by `gsm8k_heldout` (held-out loss and strict
+    exact match, in the training format), the output ensemble included."""
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(dict(
         base=str(tiny_chat_model), data="arith", num_samples=4, output_dir=str(tmp_path / "run"), orders=2,
@@ -212,10 +212,17 @@ def test_reproduce_smoke_on_gsm8k_from_local_data(tiny_chat_model, tmp_path):
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
     assert yaml.safe_load((run / "config.yaml").read_text())["data"] == f"gsm8k:{SHARED_DATA / 'gsm8k'}"
+    losses = {}
     for m in ("order-0", "order-1", "select", "ensemble", tiny_chat_model.name):
-        doc = json.loads((run / "eval" / m / "gsm8k.json").read_text())
-        assert doc["n"] == 2 and doc["metrics"], m
-    assert json.loads((run / "eval" / "ensemble" / "gsm8k.json").read_text())["backend"] == "hf-ensemble"
+        doc = json.loads((run / "eval" / m / "gsm8k_heldout.json").read_text())
+        assert doc["n"] == 2 and set(doc["metrics"]) == {"exact_match", "loss"}, m
+        rows = [json.loads(line) for line in (run / "eval" / m / "gsm8k_heldout.samples.jsonl").open()]
+        assert [r["id"] for r in rows] == ["gsm8k-test-0", "gsm8k-test-1"] and "####" not in rows[0]["prompt"]
+        losses[m] = [r["loss"] for r in rows]
+    # the ensemble's loss: the mean of its members' losses on each problem
+    assert losses["ensemble"] == pytest.approx([(a + b) / 2 for a, b in zip(losses["order-0"], losses["order-1"])])
+    assert json.loads((run / "eval" / "ensemble" / "gsm8k_heldout.json").read_text())["backend"] == "hf-ensemble"
     report = (run / "REPORT.md").read_text()
-    assert "evaluated on `gsm8k`" in report and "| select | order-0 |" in report and "| ensemble | order-1 |" in report
+    assert "evaluated on `gsm8k_heldout`" in report and "| select | order-0 | held-out loss |" in report
+    assert "| ensemble | order-1 |" in report and "| select | mean-of-singles | held-out loss |" in report
     assert "## Merge-seed spread" not in report and not (run / "merged" / "select-seed43").exists()

@@ -157,3 +157,34 @@ def test_claims_table_turns_pairs_round_and_names_the_run(run, tmp_path):
     assert len(lines) == 4  # the run has no other claim's pair
     with pytest.raises(SftmergeError, match="no claims"):
         claims_table(tmp_path, {"runs": ""})
+
+
+def _scores(root: Path, model: str, scores) -> None:
+    (root / "eval" / model).mkdir(parents=True, exist_ok=True)
+    (root / "eval" / model / "arith.samples.jsonl").write_text("".join(
+        json.dumps({"id": i, "correct": c, "loss": loss}) + "\n" for i, (c, loss) in enumerate(scores)))
+
+
+def test_batch_claim_pairs_each_merges_gain_across_two_runs(tmp_path):
+    """`batch=A:B`: a merge's gain over its own run's singles' mean, per problem, run A minus run B."""
+    from sftmerge.pipelines.results import claims_table
+
+    runs = {"batch": {"order-0": [(0, 0.4), (1, 0.2), (0, 0.5)], "order-1": [(1, 0.2), (0, 0.4), (0, 0.3)],
+                      "select": [(1, 0.2), (1, 0.2), (0, 0.4)], "resample": [(1, 0.1), (1, 0.1), (1, 0.2)]},
+            "sample": {"order-0": [(0, 0.5), (0, 0.3), (1, 0.2)], "order-1": [(0, 0.3), (1, 0.3), (0, 0.4)],
+                       "select": [(0, 0.4), (1, 0.3), (1, 0.3)], "resample": [(1, 0.3), (1, 0.2), (1, 0.1)]}}
+    for run, models in runs.items():
+        for model, scores in models.items():
+            _scores(tmp_path / run, model, scores)
+    lines = claims_table(tmp_path, {"batch": "batch:sample"})
+    # select's exact-match gain: batch (+0.5, +0.5, 0) - sample (0, +0.5, +0.5) = (+0.5, 0, -0.5): mean 0
+    assert lines[2].startswith("| permuting only batch positions gives nearly the same gain | batch - sample | "
+                               "select gain in batch (+0.333) | in sample (+0.333) | exact match | +0.000 [")
+    # resample's loss gain: batch (-0.2, -0.2, -0.2) - sample (-0.1, -0.1, -0.2) = (-0.1, -0.1, 0)
+    loss = next(line for line in lines if "resample gain" in line and "loss" in line)
+    assert "| resample gain in batch (-0.200) | in sample (-0.133) | held-out loss | -0.0667 [" in loss
+    assert len(lines) == 6
+    (tmp_path / "sample" / "eval" / "order-1" / "arith.samples.jsonl").write_text(
+        json.dumps({"id": 9, "correct": 0, "loss": 1.0}) + "\n")
+    with pytest.raises(SftmergeError, match="different problems"):
+        claims_table(tmp_path, {"batch": "batch:sample"})

@@ -33,7 +33,7 @@ def test_missing_local_file_is_one_line(tmp_path):
 
 def test_parse_tasks_keeps_order_drops_repeats_and_names_the_unknown():
     assert parse_tasks(" MBPP,arith,mbpp ") == ["mbpp", "arith"]
-    with pytest.raises(SftmergeError, match="unknown task 'chess' \\(known: gsm8k, gsm8k_trained, humaneval, mbpp, alpaca, arith\\)"):
+    with pytest.raises(SftmergeError, match="unknown task 'chess' \\(known: gsm8k, gsm8k_trained, gsm8k_heldout, humaneval, mbpp, alpaca, arith\\)"):
         parse_tasks("arith,chess")
     with pytest.raises(SftmergeError, match="--tasks is empty"):
         parse_tasks(" , ")

@@ -194,8 +194,10 @@ def _oriented(rows: List[Dict], a: str, b: str) -> List[Dict]:
 
 
 def claims_table(folder: Path, opts: Dict[str, str]) -> List[str]:
-    """Each claim's paired comparisons in every run of `runs=` (kept folders under FOLDER), and
-    with `paft=` that run's PAFT merge against sequential SFT -> DPO."""
+    """Each claim's paired comparisons in every run of `runs=` (kept folders under FOLDER); with
+    `batch=A:B` each merge's gain over the singles' mean in run A against that in run B (the
+    batch-order ablation against sample orders); with `paft=` that run's PAFT merge against
+    sequential SFT -> DPO."""
     from sftmerge.eval.paired_table import paired_table_markdown
 
     lines = ["| claim | run | A | B | metric | A - B [95% interval] | p | test |", "|---|---|---|---|---|---|---|---|"]
@@ -207,6 +209,14 @@ def claims_table(folder: Path, opts: Dict[str, str]) -> List[str]:
     for claim, pairs in CLAIMS:
         for run, rows in runs.items():
             add(claim, run, [r for a, b in pairs for r in _oriented(rows, a, b)])
+    if "batch" in opts:  # batch=RUN_A:RUN_B, the same problems: each merge's gain in A minus in B
+        from sftmerge.eval.paired_table import gain_difference
+
+        ra, _, rb = opts["batch"].partition(":")
+        for m in ("select", "resample"):
+            rows = [{**r, "a": f"{m} gain in {ra} ({r['gain_a']:+.3f})", "b": f"in {rb} ({r['gain_b']:+.3f})"}
+                    for r in gain_difference(folder / ra / "eval", folder / rb / "eval", opts.get("task", "arith"), m)]
+            add("permuting only batch positions gives nearly the same gain", f"{ra} - {rb}", rows)
     if "paft" in opts:
         doc = _load(folder / opts["paft"], "report.json")
         add("PAFT beats sequential training", opts["paft"], _oriented(doc["paired"], "paft", "sft-dpo"))

@@ -95,20 +95,24 @@ def _plot(record: Dict, path: Path, run_name: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    models = list(dict.fromkeys(r["model"] for r in record["rows"]))
-    for name in models:
-        pts = sorted((r["step"], r["loss"]) for r in record["rows"] if r["model"] == name)
-        merged = name == record["method"]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-s" if merged else "--o", lw=2.4 if merged else 1.2,
-                ms=5 if merged else 3, label=f"merge of same-step checkpoints ({name})" if merged else name)
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
-    ax.set_xlabel("training step (optimizer steps; 0 = base)")
-    ax.set_ylabel("held-out loss (mean NLL per response token)")
-    ax.set_title(f"{run_name}: {record['split']} loss on {record['problems']} problems", fontsize=10)
-    ax.legend(fontsize=8)
+    # Left: the whole curve from the base; right: the same without step 0, where the runs and the
+    # merge differ by a few hundredths that the base's loss would flatten.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    models = list(dict.fromkeys(r["model"] for r in record["rows"]))
+    for ax, first in zip(axes, (0, 1)):
+        for name in models:
+            pts = sorted((r["step"], r["loss"]) for r in record["rows"] if r["model"] == name)[first:]
+            merged = name == record["method"]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-s" if merged else "--o", lw=2.4 if merged else 1.2,
+                    ms=5 if merged else 3, label=f"merge of same-step checkpoints ({name})" if merged else name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        ax.set_xlabel("training step (optimizer steps; 0 = base)")
+        ax.set_ylabel("held-out loss (mean NLL per response token)")
+    axes[0].set_title(f"{run_name}: {record['split']} loss on {record['problems']} problems", fontsize=10)
+    axes[1].set_title("the same, from the first kept checkpoint", fontsize=10)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -118,8 +122,7 @@ def _plot(record: Dict, path: Path, run_name: str) -> None:
 
 def steps_lines(record: Dict) -> List[str]:
     """steps.json as a markdown table: one row per step, each single run's held-out loss, their
-    mean, and the merge of the same-step checkpoints; the last row's change from the one before
-    it says whether training has converged (a flat last epoch)."""
+    mean, and the merge of the same-step checkpoints (a flat last epoch: training has converged)."""
     method = record["method"]
     singles = sorted({r["model"] for r in record["rows"]} - {method})
     at: Dict[int, Dict[str, float]] = {}
