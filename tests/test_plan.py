@@ -262,3 +262,16 @@ def test_paper_configs(task):
                                    "--base", str(FIXTURES / "llama-2-7b"), "--gpus", "8", "--gpu-memory", "79.6", "--json"))
     rows = out["per_device_bytes"]
     assert not rows["ddp"]["fits"] and rows["fsdp"]["fits"] and rows["zero3"]["fits"]
+
+
+@pytest.mark.parametrize("name", ["research_arith", "research_gsm8k"])
+def test_research_configs_keep_snapshots_for_figure_4_and_resume_points(name):
+    """The research runs (docs/results/): each config loads, its snapshot steps fall inside every
+    order's training, and a stopped run loses less than one snapshot interval."""
+    from sftmerge.train.config import load_config
+
+    cfg = load_config(REPO / "train" / "configs" / f"{name}.yaml")
+    steps = cfg.num_samples // cfg.per_device_train_batch_size * cfg.num_train_epochs
+    assert cfg.num_train_epochs == 3 and cfg.orders >= 3 and cfg.order_mode == "sample"
+    assert 0 < cfg.keep_checkpoint_steps < steps and steps % cfg.keep_checkpoint_steps == 0
+    assert cfg.save_steps <= cfg.keep_checkpoint_steps and cfg.keep_checkpoint_steps % cfg.save_steps == 0
