@@ -88,11 +88,14 @@ HELDOUT_MAX_NEW_TOKENS = 256  # lm-eval's gsm8k generation length
 def run_heldout(model: LoadedModel, settings: EvalSettings, workdir) -> TaskResult:
     """Zero-shot in the training format: strict exact match and the reference solutions' held-out loss."""
     from sftmerge.data.pairs import load_pairs
+    from sftmerge.data.tasks import local_files
     from sftmerge.eval.arith import score_pairs
     from sftmerge.eval.tasks import default_max_new_tokens
 
     fmt = trained_format(model.path, model.tokenizer)
-    spec = f"gsm8k:{Path(settings.data_dir) / 'gsm8k'}" if settings.data_dir else "gsm8k"
+    # The registry's local copy (a missing file is a one-line error), read by the training data's loader.
+    spec = f"gsm8k:{Path(local_files('gsm8k_heldout', settings.data_dir)['test']).parent}" if settings.data_dir \
+        else "gsm8k"
     pairs = load_pairs(spec, "test", settings.limit)
     texts = [fmt.prompt(model.tokenizer, p.prompt) for p in pairs]
     return score_pairs(model, pairs, texts, default_max_new_tokens(settings, HELDOUT_MAX_NEW_TOKENS),

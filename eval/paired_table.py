@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from sftmerge.io.layout import ResultsLayout
+from sftmerge.errors import SftmergeError
+from sftmerge.io.layout import ResultsLayout, is_order_name
 
 # Per-sample keys compared pairwise (arith: correct, loss; gsm8k: one key per answer filter).
 LABELS = {"correct": "exact match", "loss": "held-out loss"}
@@ -52,8 +53,6 @@ SINGLES_MEAN = "mean-of-singles"
 def _gains(cache: Dict[str, List[Dict]], model: str, singles: Sequence[str], key: str) -> Optional[Dict]:
     """{problem id: MODEL's score minus the singles' mean score on that problem}; None where a
     score is missing."""
-    from sftmerge.errors import SftmergeError
-
     if any(not cache[n] or key not in cache[n][0] for n in (model, *singles)):
         return None
     scores = {n: {r["id"]: r[key] for r in cache[n]} for n in (model, *singles)}
@@ -91,16 +90,15 @@ def gain_difference(run_a: Path, run_b: Path, task: str, model: str, keys=("corr
     a paired t interval over the problems, which both runs must share: whether a change of the
     training (e.g. permuting only the batches' order) keeps a merge's gain. RUN_A, RUN_B:
     evaluation folders whose sub-models are named order-k."""
-    from sftmerge.errors import SftmergeError
-    from sftmerge.io.layout import is_order_name
-
+    runs = []  # (folder, its singles, their per-sample rows), each file read once
+    for root in (Path(run_a), Path(run_b)):
+        singles = sorted(p.name for p in root.iterdir() if p.is_dir() and is_order_name(p.name)) if root.is_dir() else []
+        runs.append((root, singles, {n: _samples(root, n, task) for n in (model, *singles)}))
     rows = []
     for key in keys:
         gains = []
-        for root in (Path(run_a), Path(run_b)):
-            singles = sorted(p.name for p in root.iterdir() if is_order_name(p.name)) if root.is_dir() else []
-            g = _gains({n: _samples(root, n, task) for n in (model, *singles)}, model, singles, key) \
-                if len(singles) >= 2 else None
+        for root, singles, cache in runs:
+            g = _gains(cache, model, singles, key) if len(singles) >= 2 else None
             if g is None:
                 raise SftmergeError(f"{root}: needs {model} and 2 sub-models or more scored on {task} "
                                     f"({LABELS.get(key, key)})")
