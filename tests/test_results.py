@@ -123,7 +123,8 @@ def test_readme_tables_come_from_the_files_and_check_fails_when_they_differ(run,
 def test_bad_blocks_are_one_line(run, tmp_path):
     readme = tmp_path / "README.md"
     for block, message in [("run nonsense", "unknown kind"), ("missing models", "not found"),
-                           ("run models models=nobody", "no model 'nobody'")]:
+                           ("run models models=nobody", "no model 'nobody'"),
+                           ("run paired a=select b=order-0,ties", "no paired rows for select vs ties")]:
         readme.write_text(f"<!-- results {block} -->\n<!-- /results -->\n")
         with pytest.raises(SftmergeError, match=message):
             render_readme(str(readme))
@@ -157,6 +158,15 @@ def test_claims_table_turns_pairs_round_and_names_the_run(run, tmp_path):
     assert len(lines) == 4  # the run has no other claim's pair
     with pytest.raises(SftmergeError, match="no claims"):
         claims_table(tmp_path, {"runs": ""})
+
+
+def test_paired_block_turns_a_pair_round_in_the_order_it_names(run):
+    """`a=order-0 b=select` finds the file's select-vs-order-0 row and shows it as order-0 - select."""
+    from sftmerge.pipelines.results import paired_table
+
+    lines = paired_table(run, {"a": "order-0", "b": "select"})
+    assert lines[2] == "| order-0 | select | exact match | **-0.050 [-0.090, -0.010]** | 0.03 | McNemar exact |"
+    assert len(lines) == 3
 
 
 def _scores(root: Path, model: str, scores) -> None:

@@ -114,13 +114,23 @@ def paired_table(folder: Path, opts: Dict[str, str]) -> List[str]:
         rows = [r for task in rows["tasks"].values() for r in task["rows"]]
     a, b = _names(opts.get("a", "")), _names(opts.get("b", ""))
     metric = opts.get("metric", "").replace("_", " ")
-    picked = [r for r in rows if (not a or r["a"] in a) and (not b or r["b"] in b)
-              and (not metric or r["metric"] == metric)]
+    if a and b:
+        # Every named pair, in the order the block names them, turned round where the file
+        # holds B vs A; a pair the run does not have is an error, not a silently shorter table.
+        picked = []
+        for x, y in ((x, y) for x in a for y in b if x != y):
+            pair = _oriented(rows, x, y)
+            if not pair:
+                raise SftmergeError(f"results {folder}: no paired rows for {x} vs {y}")
+            picked += pair
+    else:
+        picked = [r for r in rows if (not a or r["a"] in a) and (not b or r["b"] in b)]
+    picked = [r for r in picked if not metric or r["metric"] == metric]
     if not picked:
         raise SftmergeError(f"results {folder}: no paired rows for {opts}")
-    # The README lists them in the order its block names them.
-    order = {(x, y): i for i, (x, y) in enumerate((x, y) for x in (a or [None]) for y in (b or [None]))}
-    picked.sort(key=lambda r: order.get((r["a"] if a else None, r["b"] if b else None), 0))
+    if a or b:  # the order the block names them
+        names = a or b
+        picked.sort(key=lambda r: names.index(r["a"] if a else r["b"]))
     return paired_table_markdown(picked)
 
 
