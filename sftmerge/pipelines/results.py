@@ -123,14 +123,13 @@ def paired_table(folder: Path, opts: Dict[str, str]) -> List[str]:
             if not pair:
                 raise SftmergeError(f"results {folder}: no paired rows for {x} vs {y}")
             picked += pair
-    else:
-        picked = [r for r in rows if (not a or r["a"] in a) and (not b or r["b"] in b)]
+    else:  # one side named: its rows, in the order the block names them
+        side, names = ("a", a) if a else ("b", b)
+        picked = sorted((r for r in rows if not names or r[side] in names),
+                        key=lambda r: names.index(r[side]) if names else 0)
     picked = [r for r in picked if not metric or r["metric"] == metric]
     if not picked:
         raise SftmergeError(f"results {folder}: no paired rows for {opts}")
-    if a or b:  # the order the block names them
-        names = a or b
-        picked.sort(key=lambda r: names.index(r["a"] if a else r["b"]))
     return paired_table_markdown(picked)
 
 
