@@ -144,7 +144,7 @@ paft: setup
 	$(BIN)/sftmerge train paft $(if $(BASE),--base $(BASE)) $(if $(PAFT_L1),--l1 $(PAFT_L1)) --out $(PAFT_OUT) \
 		$(if $(PAFT_LIMIT),--eval-limit $(PAFT_LIMIT))
 
-# Research-size runs (docs/results/): about 3 hours each on a 2-core CPU, in the background with a
+# Research-size runs (docs/results/): about 3 hours each on a 2-core CPU (gsm8k about 2), in the background with a
 # log; the same command resumes a stopped run (finished orders, merges and evaluations are kept).
 #   make research RESEARCH=arith-fp32|arith-bf16|arith-batch|gsm8k   then   make results-keep RESEARCH=...
 RESEARCH ?= arith-fp32
@@ -160,7 +160,7 @@ RESEARCH_ARGS_arith-batch = --config train/configs/research_arith.yaml --precisi
 RESEARCH_ARGS_gsm8k = --config train/configs/research_gsm8k.yaml --data-dir $(or $(DATA_DIR),../shared/data) \
 	--compute-matched
 # Held-out problems per model: 200; GSM8K's 256-token solutions take about 10x as long to decode.
-RESEARCH_LIMIT_gsm8k = 100
+RESEARCH_LIMIT_gsm8k = 40
 .PHONY: research results-keep results-readme
 research: setup
 	@test -n "$(RESEARCH_ARGS_$(RESEARCH))" || { echo "error: unknown RESEARCH=$(RESEARCH) (arith-fp32, arith-bf16, arith-batch, gsm8k)"; exit 2; }
