@@ -112,11 +112,28 @@ def _send(stream, event: dict) -> None:
     stream.flush()
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A worker must not outlive the run that started it. An idle worker ends at its input's end,
+    but one in the middle of a job (an hour of training) would go on writing into the run's folder
+    beside the rerun that resumes it; a `kill` of the run, unlike Ctrl-C, runs no `finally`.
+    Linux sends the worker SIGTERM when its parent dies; a parent already gone is checked once."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: only the parent's `finally` ends the workers
+        pass
+    if os.getppid() != parent:
+        sys.exit(1)
+
+
 def serve(job_file: str) -> None:
     """A worker (`python -m sftmerge.eval.cpu_pool JOB`): runs each job whose index it reads from
     stdin; its lines and finished jobs go to stdout as JSON, everything else it prints to stderr."""
     with open(job_file, "rb") as f:
         job = pickle.load(f)
+    _exit_with_parent(job["parent"])
     events = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # libraries' prints and progress bars must not mix into the events
     sys.stdout = sys.stderr
@@ -153,7 +170,7 @@ def run(jobs: Sequence[Tuple[str, Call]], workers: int, echo: Callable[[str], No
     with tempfile.TemporaryDirectory(prefix="sftmerge-cpu-pool-") as tmp:
         job_file = Path(tmp) / "job.pkl"
         with open(job_file, "wb") as f:
-            pickle.dump({"jobs": list(jobs), "threads": threads}, f)
+            pickle.dump({"jobs": list(jobs), "threads": threads, "parent": os.getpid()}, f)
         procs = [subprocess.Popen([sys.executable, "-m", "sftmerge.eval.cpu_pool", str(job_file)], env=env, text=True,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(workers)]
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 from click.testing import CliRunner
 
-from tests.common import tiny_llama
+from tests.common import REPO, tiny_llama
 from sftmerge.cli.main import main
 from sftmerge.eval import cpu_pool
 
@@ -66,3 +70,40 @@ def test_plan_pools_only_large_models_several_on_the_hf_backend(two_models):
     assert cpu_pool.plan(two_models[:1], "hf", 2) == 0  # one model: nothing to share
     assert cpu_pool.plan(two_models, "vllm", 2) == 0
 
+
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc ('' once it is gone; 'Z': exited, not yet reaped)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_worker_in_the_middle_of_a_job_ends_when_its_run_is_killed(tmp_path):
+    """`kill -9` of the run (no `finally` runs) ends a worker that is busy with a long job, which
+    would otherwise go on writing into the run's folder beside the rerun that resumes it."""
+    (tmp_path / "napping.py").write_text(
+        "import os, time\n"
+        "def nap(seconds, echo):\n"
+        "    echo(f'worker {os.getpid()}')\n"
+        "    time.sleep(seconds)\n"
+        "    return []\n")
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "from sftmerge.eval import cpu_pool\n"
+         "cpu_pool.run([('nap', cpu_pool.Call('napping:nap', (120,)))], 1, echo=lambda s: print(s, flush=True))"],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        worker = next(int(line.split()[1]) for line in parent.stdout if line.startswith("worker "))
+        assert _state(worker) not in ("", "Z")
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while _state(worker) not in ("", "Z") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _state(worker) in ("", "Z"), "the worker outlived its killed run"
+    finally:
+        parent.kill()

@@ -55,8 +55,8 @@ def resolve_precision(precision: str) -> str:
 
 def check_precision(precision: str, allow_emulated: bool = False) -> None:
     """One line, before anything is loaded, for a precision the hardware cannot train in. A CPU
-    without bf16 instructions computes bf16 in software, correctly but about 3x slower than fp32
-    (measured on SmolLM2-135M, docs/train.md): only when asked (`allow_emulated_bf16`)."""
+    without bf16 instructions computes bf16 in software, correctly but 3x to 18x slower than fp32,
+    by the CPU (measured on SmolLM2-135M, docs/train.md): only when asked (`allow_emulated_bf16`)."""
     if precision not in BF16_PRECISIONS or has_bf16():
         return
     if torch.cuda.is_available():
@@ -64,7 +64,7 @@ def check_precision(precision: str, allow_emulated: bool = False) -> None:
                             "or fp16)")
     if not allow_emulated:
         raise SftmergeError(f"precision {precision} needs bf16 hardware; this CPU (no AVX512-BF16 or AMX) has none "
-                            "(use precision: auto or fp32, or allow_emulated_bf16: true to train about 3x slower)")
+                            "(use precision: auto or fp32, or allow_emulated_bf16: true to train 3x to 18x slower)")
 
 
 def weights_dtype(precision: str) -> torch.dtype:
