@@ -149,9 +149,9 @@ paft: setup
 #   make research RESEARCH=arith-fp32|arith-bf16|arith-batch|gsm8k   then   make results-keep RESEARCH=...
 RESEARCH ?= arith-fp32
 RESEARCH_DIR ?= runs/research
-# arith-bf16 without bf16 hardware (a CPU without AVX512-BF16/AMX, `has_bf16`) trains 3x to 18x
-# slower than fp32 by the CPU (18x with AVX2 only; docs/train.md), so it leaves out the compute-matched model there (its controls: the
-# ensemble and the merge seeds).
+# arith-bf16 without bf16 hardware (a CPU without AVX512-BF16/AMX, `has_bf16`) trains 3x (AVX-512)
+# to 18x (AVX2 only) slower than fp32 (docs/train.md), so it leaves out the compute-matched model
+# there (its controls: the ensemble and the merge seeds).
 RESEARCH_ARGS_arith-fp32 = --config train/configs/research_arith.yaml --precision fp32 --compute-matched
 RESEARCH_ARGS_arith-bf16 = --config train/configs/research_arith.yaml --precision bf16 --allow-emulated-bf16 \
 	$(if $(shell $(BIN)/python -c 'from sftmerge.train.hardware import has_bf16; print("y" if has_bf16() else "")'),--compute-matched)

@@ -53,6 +53,14 @@ def smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(saved)
 
 
+def code_execution_flags() -> list:
+    """`--allow-code-execution`, plus `--allow-weak-sandbox` where bubblewrap cannot run (a fresh
+    machine without it): the run must pass either way; the sandbox's own tests cover each mode."""
+    from sftmerge.eval import sandbox_bwrap
+
+    return ["--allow-code-execution", *([] if sandbox_bwrap.problem() is None else ["--allow-weak-sandbox"])]
+
+
 def tiny_llama(out: Path, tokenizer=None, dtype: str = "float32", max_positions: int = 2048, seed: int = 0) -> Path:
     """A 2-layer random Llama (hidden 32) with SmolLM2's tokenizer and chat template, saved to `out`.
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from tests.common import SHARED_DATA, needs_shared_data
+from tests.common import SHARED_DATA, code_execution_flags, needs_shared_data
 from sftmerge.cli.main import main
 
 ALL = "arith,gsm8k,humaneval,mbpp,alpaca"
@@ -35,7 +35,7 @@ def full_run(two_models, tiny_chat_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("results") / "tiny"
     a, b = two_models
     result = _eval("--models", a, b, "--tasks", ALL, "--limit", 2, "--max-new-tokens", 8, "--backend", "hf",
-                   "--data-dir", SHARED_DATA, "--allow-code-execution", "--code-timeout", 3,
+                   "--data-dir", SHARED_DATA, *code_execution_flags(), "--code-timeout", 3,
                    "--judge", tiny_chat_model, "--out", out)
     return result, out
 
@@ -172,7 +172,7 @@ def test_make_eval_scores_every_model_of_a_run(tiny_chat_model, tmp_path):
 def test_pass_at_k_with_sampled_completions(tiny_chat_model, tmp_path):
     out = tmp_path / "out"
     result = _eval("--models", tiny_chat_model, "--tasks", "humaneval", "--limit", 1, "--max-new-tokens", 4,
-                   "--backend", "hf", "--data-dir", SHARED_DATA, "--allow-code-execution", "--code-samples", 5,
+                   "--backend", "hf", "--data-dir", SHARED_DATA, *code_execution_flags(), "--code-samples", 5,
                    "--code-timeout", 3, "--out", out)
     assert result.exit_code == 0, result.output
     doc = json.loads((out / tiny_chat_model.name / "humaneval.json").read_text())
