@@ -104,8 +104,11 @@ def test_bf16_without_bf16_hardware_is_refused(tiny_chat_model, tmp_path, precis
 def test_bf16_on_such_a_cpu_trains_when_asked(tiny_chat_model, tmp_path):
     config = tiny_config(tiny_chat_model, tmp_path / "run", orders=1, num_samples=4, precision="bf16",
                          allow_emulated_bf16=True)
-    [summary] = run_multi_order(config, echo=lambda _: None)
+    lines = []
+    [summary] = run_multi_order(config, echo=lines.append)
     assert summary["precision"] == "bf16" and summary["steps"] == 1
+    notes = [line for line in lines if line.startswith("note: precision bf16 is computed in software")]
+    assert len(notes) == 1 and "slower than fp32" in notes[0], lines  # said once, when the run is set up
     trained, base = weights(tmp_path / "run" / "order-0"), weights(tiny_chat_model)
     assert any(not torch.equal(trained[n], base[n].to(trained[n].dtype)) for n in base)  # it learned something
 

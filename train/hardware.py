@@ -14,6 +14,7 @@ Precisions (the config's `precision`):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -65,6 +66,18 @@ def check_precision(precision: str, allow_emulated: bool = False) -> None:
     if not allow_emulated:
         raise SftmergeError(f"precision {precision} needs bf16 hardware; this CPU (no AVX512-BF16 or AMX) has none "
                             "(use precision: auto or fp32, or allow_emulated_bf16: true to train 3x to 18x slower)")
+
+
+def emulation_note(precision: str) -> Optional[str]:
+    """The line a new run prints before it trains bf16 in software, with how much slower that was
+    measured on a CPU of the same vector width (docs/train.md); None where nothing is emulated."""
+    if precision not in BF16_PRECISIONS or has_bf16() or torch.cuda.is_available():
+        return None
+    capability = torch.backends.cpu.get_cpu_capability()
+    slower = ("about 3x" if capability.startswith("AVX512") else "about 18x" if capability == "AVX2"
+              else "3x to 18x")
+    return (f"note: precision {precision} is computed in software on this CPU (torch: {capability}; no "
+            f"AVX512-BF16 or AMX): training is {slower} slower than fp32 (docs/train.md)")
 
 
 def weights_dtype(precision: str) -> torch.dtype:
