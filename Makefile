@@ -144,8 +144,9 @@ paft: setup
 	$(BIN)/sftmerge train paft $(if $(BASE),--base $(BASE)) $(if $(PAFT_L1),--l1 $(PAFT_L1)) --out $(PAFT_OUT) \
 		$(if $(PAFT_LIMIT),--eval-limit $(PAFT_LIMIT))
 
-# Research-size runs (docs/results/): about 3 hours each on a 2-core CPU (gsm8k about 2), in the background with a
-# log; the same command resumes a stopped run (finished orders, merges and evaluations are kept).
+# Research-size runs (docs/results/): about 3 hours each on a 2-core CPU (gsm8k about 2), in the
+# background with a log; the same command resumes a stopped run (finished orders, merges and
+# evaluations are kept).
 #   make research RESEARCH=arith-fp32|arith-bf16|arith-batch|gsm8k   then   make results-keep RESEARCH=...
 RESEARCH ?= arith-fp32
 RESEARCH_DIR ?= runs/research

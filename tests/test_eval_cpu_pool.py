@@ -71,7 +71,6 @@ def test_plan_pools_only_large_models_several_on_the_hf_backend(two_models):
     assert cpu_pool.plan(two_models, "vllm", 2) == 0
 
 
-
 def _state(pid: int) -> str:
     """The process's state letter from /proc ('' once it is gone; 'Z': exited, not yet reaped)."""
     try:
