@@ -68,8 +68,8 @@ class TrainRunConfig:
         "auto", "Training precision; bf16: bf16 weights; bf16-mixed, fp16: fp32 master weights under autocast; "
         "auto: bf16 where the hardware has it, else fp16 on GPUs, fp32 on CPUs.")
     allow_emulated_bf16: bool = knob(False, "Train in bf16 on a CPU without bf16 instructions (AVX512-BF16, "
-                                            "AMX): 3x to 18x slower than fp32 by the CPU, for experiments on the "
-                                            "precision.")
+                                            "AMX), its GEMMs as fp32 ones: about 1.2x slower than fp32, for "
+                                            "experiments on the precision.")
     gradient_checkpointing: bool = knob(False, "Recompute activations in backward to save memory "
                                                "(activation checkpointing).")
 

@@ -21,6 +21,7 @@ from sftmerge.data.preference import load_preferences, to_dpo_dataset
 from sftmerge.io.fsutil import atomic_output_dir, check_output_dir, clean_stale, write_json, write_text
 from sftmerge.io.layout import SUMMARY_NAME, work_folder
 from sftmerge.train.base import base_dtype, check_base
+from sftmerge.train.bf16_gemm import bf16_gemms
 from sftmerge.train.checkpoints import resume_point
 from sftmerge.train.common_config import dump_config
 from sftmerge.train.dpo_config import DPORunConfig
@@ -115,7 +116,8 @@ def run_dpo(config: DPORunConfig, overwrite: bool = False, echo: Callable[[str],
     trainer = _trainer(config, model, tokenizer, to_dpo_dataset(prefs), work, precision, callbacks)
     resume, start_step = resume_point(work / "trainer", echo=echo)
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    with bf16_gemms(precision):
+        result = trainer.train(resume_from_checkpoint=resume)
     seconds = result.metrics.get("train_runtime", time.time() - t0)
 
     with atomic_output_dir(out, overwrite=overwrite, inputs=[config.base], legacy_marks=LEGACY_MARKS) as tmp:

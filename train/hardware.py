@@ -21,6 +21,8 @@ import torch
 from sftmerge.errors import SftmergeError
 
 BF16_PRECISIONS = ("bf16", "bf16-mixed")
+# bf16 training computed in software against fp32, one step of SmolLM2-135M (make bench-bf16).
+EMULATED_SLOWER = "1.2x"
 
 
 def cpu_has_bf16() -> bool:
@@ -56,8 +58,8 @@ def resolve_precision(precision: str) -> str:
 
 def check_precision(precision: str, allow_emulated: bool = False) -> None:
     """One line, before anything is loaded, for a precision the hardware cannot train in. A CPU
-    without bf16 instructions computes bf16 in software, correctly but 3x to 18x slower than fp32,
-    by the CPU (measured on SmolLM2-135M, docs/train.md): only when asked (`allow_emulated_bf16`)."""
+    without bf16 instructions computes bf16 in software (train/bf16_gemm.py), slower than fp32 and
+    no more precise: only when asked (`allow_emulated_bf16`)."""
     if precision not in BF16_PRECISIONS or has_bf16():
         return
     if torch.cuda.is_available():
@@ -65,19 +67,24 @@ def check_precision(precision: str, allow_emulated: bool = False) -> None:
                             "or fp16)")
     if not allow_emulated:
         raise SftmergeError(f"precision {precision} needs bf16 hardware; this CPU (no AVX512-BF16 or AMX) has none "
-                            "(use precision: auto or fp32, or allow_emulated_bf16: true to train 3x to 18x slower)")
+                            "(use precision: auto or fp32, or allow_emulated_bf16: true to train about "
+                            f"{EMULATED_SLOWER} slower)")
+
+
+def emulates_bf16(precision: str) -> bool:
+    """Is `precision` bf16 on a CPU that computes bf16 in software (no AVX512-BF16 or AMX)?"""
+    return precision in BF16_PRECISIONS and not torch.cuda.is_available() and not has_bf16()
 
 
 def emulation_note(precision: str) -> Optional[str]:
-    """The line a new run prints before it trains bf16 in software, with how much slower that was
-    measured on a CPU of the same vector width (docs/train.md); None where nothing is emulated."""
-    if precision not in BF16_PRECISIONS or has_bf16() or torch.cuda.is_available():
+    """The line a new run prints before it trains bf16 in software (its GEMMs as fp32 ones:
+    train/bf16_gemm.py); None where nothing is emulated."""
+    if not emulates_bf16(precision):
         return None
     capability = torch.backends.cpu.get_cpu_capability()
-    slower = ("about 3x" if capability.startswith("AVX512") else "about 18x" if capability == "AVX2"
-              else "3x to 18x")
     return (f"note: precision {precision} is computed in software on this CPU (torch: {capability}; no "
-            f"AVX512-BF16 or AMX): training is {slower} slower than fp32 (docs/train.md)")
+            f"AVX512-BF16 or AMX), its matrix products as fp32 GEMMs: training is about {EMULATED_SLOWER} "
+            "slower than fp32 (docs/train.md)")
 
 
 def weights_dtype(precision: str) -> torch.dtype:

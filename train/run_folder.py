@@ -72,7 +72,7 @@ def prepare_run(config: SFTRunConfig, echo: Callable[[str], None] = print) -> Ru
         from sftmerge.train.hardware import emulation_note, resolve_precision
 
         note = emulation_note(resolve_precision(config.precision))
-        if note:  # once, when the run is set up: a bf16 run there can take 18x the fp32 time
+        if note:  # once, when the run is set up: bf16 there is computed in software
             echo(note)
         write_if_changed(run.config, dump_config(config))
     return run

@@ -30,6 +30,7 @@ from sftmerge.errors import SftmergeError
 from sftmerge.io.fsutil import fsync_dir, fsync_tree
 from sftmerge.io.layout import RunLayout, number_of, order_name
 from sftmerge.train.base import base_dtype, check_base
+from sftmerge.train.bf16_gemm import bf16_gemms
 from sftmerge.train.checkpoints import resume_point
 from sftmerge.train.config import SFTRunConfig
 from sftmerge.train.fingerprint import weights_fingerprint
@@ -156,7 +157,8 @@ def _fit(config: SFTRunConfig, k: int, pairs: Sequence[Pair], work: Path, staged
     resume, start_step = resume_point(work / "trainer", tidy=state.is_main_process, echo=echo)
     state.wait_for_everyone()
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    with bf16_gemms(precision):
+        result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - t0
 
     # Collective under FSDP/DeepSpeed; DeepSpeed needs its engine (model_wrapped), not the module.
