@@ -186,6 +186,8 @@ def test_batch_claim_pairs_each_merges_gain_across_two_runs(tmp_path):
     for run, models in runs.items():
         for model, scores in models.items():
             _scores(tmp_path / run, model, scores)
+    assert claims_table(tmp_path, {"precision": "batch:sample"})[2].startswith(
+        "| the gain does not depend on the training precision | batch - sample | select gain in batch")
     lines = claims_table(tmp_path, {"batch": "batch:sample"})
     # select's exact-match gain: batch (+0.5, +0.5, 0) - sample (0, +0.5, +0.5) = (+0.5, 0, -0.5): mean 0
     assert lines[2].startswith("| permuting only batch positions gives nearly the same gain | batch - sample | "

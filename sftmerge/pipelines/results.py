@@ -192,6 +192,14 @@ CLAIMS = (
 )
 
 
+# Claims that compare two runs on the same problems (`KEY=RUN_A:RUN_B` in a claims block): the
+# paper's batch-order ablation, and the training precision the demo's headline turned on.
+CROSS_RUN = {
+    "batch": "permuting only batch positions gives nearly the same gain",
+    "precision": "the gain does not depend on the training precision",
+}
+
+
 def _oriented(rows: List[Dict], a: str, b: str) -> List[Dict]:
     """The rows of A vs B, turned round where the file holds B vs A."""
     out = [r for r in rows if (r["a"], r["b"]) == (a, b)]
@@ -204,9 +212,8 @@ def _oriented(rows: List[Dict], a: str, b: str) -> List[Dict]:
 
 def claims_table(folder: Path, opts: Dict[str, str]) -> List[str]:
     """Each claim's paired comparisons in every run of `runs=` (kept folders under FOLDER); with
-    `batch=A:B` each merge's gain over the singles' mean in run A against that in run B (the
-    batch-order ablation against sample orders); with `paft=` that run's PAFT merge against
-    sequential SFT -> DPO."""
+    `batch=A:B` or `precision=A:B` (CROSS_RUN) each merge's gain over the singles' mean in run A
+    against that in run B; with `paft=` that run's PAFT merge against sequential SFT -> DPO."""
     from sftmerge.eval.paired_table import paired_table_markdown
 
     lines = ["| claim | run | A | B | metric | A - B [95% interval] | p | test |", "|---|---|---|---|---|---|---|---|"]
@@ -218,14 +225,16 @@ def claims_table(folder: Path, opts: Dict[str, str]) -> List[str]:
     for claim, pairs in CLAIMS:
         for run, rows in runs.items():
             add(claim, run, [r for a, b in pairs for r in _oriented(rows, a, b)])
-    if "batch" in opts:  # batch=RUN_A:RUN_B, the same problems: each merge's gain in A minus in B
+    for key, claim in CROSS_RUN.items():  # KEY=RUN_A:RUN_B, the same problems: each merge's gain in A minus in B
+        if key not in opts:
+            continue
         from sftmerge.eval.paired_table import gain_difference
 
-        ra, _, rb = opts["batch"].partition(":")
+        ra, _, rb = opts[key].partition(":")
         for m in ("select", "resample"):
             rows = [{**r, "a": f"{m} gain in {ra} ({r['gain_a']:+.3f})", "b": f"in {rb} ({r['gain_b']:+.3f})"}
                     for r in gain_difference(folder / ra / "eval", folder / rb / "eval", opts.get("task", "arith"), m)]
-            add("permuting only batch positions gives nearly the same gain", f"{ra} - {rb}", rows)
+            add(claim, f"{ra} - {rb}", rows)
     if "paft" in opts:
         doc = _load(folder / opts["paft"], "report.json")
         add("PAFT beats sequential training", opts["paft"], _oriented(doc["paired"], "paft", "sft-dpo"))
