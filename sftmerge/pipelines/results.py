@@ -214,7 +214,7 @@ def claims_table(folder: Path, opts: Dict[str, str]) -> List[str]:
     """Each claim's paired comparisons in every run of `runs=` (kept folders under FOLDER); with
     `batch=A:B` or `precision=A:B` (CROSS_RUN) each merge's gain over the singles' mean in run A
     against that in run B; with `paft=` that run's PAFT merge against sequential SFT -> DPO."""
-    from sftmerge.eval.paired_table import paired_table_markdown
+    from sftmerge.eval.paired_table import gain_difference, paired_table_markdown
 
     lines = ["| claim | run | A | B | metric | A - B [95% interval] | p | test |", "|---|---|---|---|---|---|---|---|"]
 
@@ -225,16 +225,12 @@ def claims_table(folder: Path, opts: Dict[str, str]) -> List[str]:
     for claim, pairs in CLAIMS:
         for run, rows in runs.items():
             add(claim, run, [r for a, b in pairs for r in _oriented(rows, a, b)])
-    for key, claim in CROSS_RUN.items():  # KEY=RUN_A:RUN_B, the same problems: each merge's gain in A minus in B
-        if key not in opts:
-            continue
-        from sftmerge.eval.paired_table import gain_difference
-
+    for key in (k for k in CROSS_RUN if k in opts):  # KEY=RUN_A:RUN_B, same problems: each merge's gain, A - B
         ra, _, rb = opts[key].partition(":")
         for m in ("select", "resample"):
             rows = [{**r, "a": f"{m} gain in {ra} ({r['gain_a']:+.3f})", "b": f"in {rb} ({r['gain_b']:+.3f})"}
                     for r in gain_difference(folder / ra / "eval", folder / rb / "eval", opts.get("task", "arith"), m)]
-            add(claim, f"{ra} - {rb}", rows)
+            add(CROSS_RUN[key], f"{ra} - {rb}", rows)
     if "paft" in opts:
         doc = _load(folder / opts["paft"], "report.json")
         add("PAFT beats sequential training", opts["paft"], _oriented(doc["paired"], "paft", "sft-dpo"))
