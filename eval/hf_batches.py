@@ -6,6 +6,14 @@ the prompt). `run_batch` runs each model's passes over the rows, PREFILL_ROWS ro
 with a prefix common to all rows run once, joins the passes' KV caches into one batch and
 decodes greedily, dropping each row the step it ends; several models (an output ensemble)
 decode together on the mean of their log-softmax.
+
+A tail that is the reference answer drafts the answer: the pass has the greedy pick after each
+of its tokens, so the answer's tokens up to where it leaves the reference come from the pass
+and only the rest from decoding steps (`_drafted`). Decoding writes into KV buffers with room
+for the new tokens (`_RoomyLayer`) instead of copying the cache at every step. Neither changes
+a computed value's formula; the drafted picks come from the pass's batched products rather than
+one-token steps, so they may differ from stepwise logits in the last bits, as logits from
+another batch size do.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 
 @dataclass
@@ -80,53 +89,56 @@ PREFILL_ROWS = 25
 
 
 @dataclass
-class _Prefill:
-    """One model's pass over a batch: its KV cache of the prompts, the logits of each row's first
-    new token, and the targets' summed log-probs."""
+class _Pass:
+    """One model's pass over a part of the batch: its KV cache of the prompts and tails, their
+    mask and positions, and the targets' summed log-probs; when generating, each row's logits
+    from its prompt's last column to its end (the greedy picks after the prompt and after each
+    tail token)."""
 
     cache: object
-    mask: torch.Tensor  # over the prompts' columns (prefix included)
-    position: torch.Tensor  # of each prompt's last token
-    next_logits: torch.Tensor  # (rows, vocab); empty without generation
+    mask: torch.Tensor  # over every column, the prefix included
+    positions: torch.Tensor  # of the columns after the prefix
+    width_p: int  # columns of the prompts after the prefix; the tails follow
+    drafts: List[torch.Tensor]  # per row (vocabulary logits, one row per column); [] without generation
     scores: Dict[int, float]
 
 
-def _prefill(fwd: Model, rows: Sequence[Row], generating: bool) -> _Prefill:
-    """Passes over prompts (+ tails), PREFILL_ROWS rows at a time; a prefix common to all rows
-    is run once. The passes' caches are then joined into one batch for decoding."""
-    import copy
+@dataclass
+class _Part:
+    """Rows' KV cache ready to decode from: mask over its columns, position of each row's last token."""
 
+    cache: object
+    mask: torch.Tensor
+    position: torch.Tensor
+
+
+def _prefix(fwd: Model, rows: Sequence[Row], shared: int):
+    """A KV cache of the `shared` tokens every row begins with, run once (for one row)."""
     from transformers import DynamicCache
 
     prefix = DynamicCache(config=fwd.model.config)
-    shared = _common_prefix(rows)
     if shared:
         fwd(prefix, input_ids=torch.tensor([rows[0].prompt[:shared]], device=fwd.device), logits_to_keep=1)
-    parts = [_prefill_part(fwd, rows[i:i + PREFILL_ROWS], copy.deepcopy(prefix), shared, generating)
-             for i in range(0, len(rows), PREFILL_ROWS)]
-    scores = {request: value for part in parts for request, value in part.scores.items()}
-    if not generating:
-        return _Prefill(None, torch.zeros(0), torch.zeros(0), torch.zeros(0), scores)
-    return _joined(parts, shared, scores)
+    return prefix
 
 
-def _prefill_part(fwd: Model, rows: Sequence[Row], cache, shared: int, generating: bool) -> _Prefill:
+def _prefill_part(fwd: Model, rows: Sequence[Row], cache, shared: int, generating: bool) -> _Pass:
     """One pass over `rows` after the `shared` prefix already in `cache` (for one row)."""
     if shared:
         cache.batch_repeat_interleave(len(rows))
     ids, mask, positions, width_p = _layout(rows, shared, fwd.pad)
-    # Vocabulary logits only where needed: the predictors of the targets, and the prompt's
-    # last column (the first generated token).
+    # Vocabulary logits only where needed: the predictors of the targets and, when generating,
+    # every column from the prompt's last one (the first generated token, then the draft).
     keep = torch.zeros_like(ids, dtype=torch.bool)
     for i, r in enumerate(rows):
         end = width_p + len(r.tail)
         keep[i, end - _scored(r):end] = True
         if generating:
-            keep[i, width_p - 1] = True
+            keep[i, width_p - 1:end] = True
     ids, mask, positions = ids.to(fwd.device), mask.to(fwd.device), positions.to(fwd.device)
     logits = fwd(cache, input_ids=ids, attention_mask=mask, position_ids=positions,
                  logits_to_keep=keep.to(fwd.device))
-    scores, next_logits, at = {}, [], 0
+    scores, drafts, at = {}, [], 0
     for i, r in enumerate(rows):
         columns = keep[i].nonzero()[:, 0].tolist()  # the row's kept columns, in the order of `logits`
         block = logits[at:at + len(columns)]
@@ -138,16 +150,50 @@ def _prefill_part(fwd: Model, rows: Sequence[Row], cache, shared: int, generatin
             for request, tokens in r.targets:
                 scores[request] = float(log_probs.gather(-1, torch.tensor(tokens, device=fwd.device)[:, None]).sum())
         if generating:
-            next_logits.append(block[columns.index(width_p - 1)])
-    if generating and ids.shape[1] > width_p:
-        cache.crop(width_p - ids.shape[1])  # drop the tails: negative = tokens to remove, in every transformers 5
-    return _Prefill(cache, mask[:, :shared + width_p], positions[:, width_p - 1],
-                    torch.stack(next_logits) if next_logits else logits[:0], scores)
+            drafts.append(block[columns.index(width_p - 1):])
+    return _Pass(cache, mask, positions, width_p, drafts, scores)
 
 
-def _joined(parts: Sequence[_Prefill], shared: int, scores: Dict[int, float]) -> _Prefill:
-    """The parts' caches and masks as one batch: each part's prompts left-padded (masked columns
-    after the shared prefix) to the widest part's width."""
+def _drafted(passes: Sequence[_Pass], rows: Sequence[Row], stops, max_new: int,
+             out: Dict[int, List[int]]) -> List[Optional[int]]:
+    """Each row's first greedy tokens from the pass alone. A row's tail is the reference answer
+    that follows its prompt; where the greedy pick after the prompt is the tail's first token,
+    the pass has already computed the next pick (after that token), and so on: the picks up to
+    the first one that leaves the tail are the tokens step-by-step decoding would give, without
+    its steps (a third of a trained SmolLM2-135M's arith answer). They go to `out`; returns per
+    row how many tail tokens stay in the cache, None for a row that has ended."""
+    kept: List[Optional[int]] = []
+    for i, r in enumerate(rows):
+        picks = _pick([p.drafts[i] for p in passes]).tolist()
+        n = 0
+        while n < len(r.tail) and picks[n] == r.tail[n]:
+            n += 1
+        tokens = out[r.index] = []
+        ended = False
+        for t in picks[:n + 1]:
+            tokens.append(t)
+            ended = stops.ended(tokens) or len(tokens) >= max_new
+            if ended:
+                break
+        kept.append(None if ended else n)
+    return kept
+
+
+def _trimmed(p: _Pass, kept: Sequence[Optional[int]], shared: int) -> _Part:
+    """The pass's cache without the tail tokens no row keeps, masked where a row keeps fewer."""
+    n = [k or 0 for k in kept]
+    width = shared + p.width_p + max(n, default=0)
+    if p.mask.shape[1] > width:
+        p.cache.crop(width - p.mask.shape[1])  # negative = tokens to remove, in every transformers 5
+    mask = p.mask[:, :width].clone()
+    for i, k in enumerate(n):
+        mask[i, shared + p.width_p + k:] = 0
+    return _Part(p.cache, mask, p.positions[:, p.width_p - 1] + torch.tensor(n, device=p.positions.device))
+
+
+def _joined(parts: Sequence[_Part], shared: int, room: int) -> _Part:
+    """The parts' caches and masks as one batch: each part's columns left-padded (masked columns
+    after the shared prefix) to the widest part's width, with `room` for as many decoded tokens."""
     width = max(p.mask.shape[1] for p in parts)
 
     def padded(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -161,10 +207,59 @@ def _joined(parts: Sequence[_Prefill], shared: int, scores: Dict[int, float]) ->
 
     cache = parts[0].cache
     for i, layer in enumerate(cache.layers):
-        layer.keys = torch.cat([padded(p.cache.layers[i].keys, 2) for p in parts])
-        layer.values = torch.cat([padded(p.cache.layers[i].values, 2) for p in parts])
-    return _Prefill(cache, torch.cat([padded(p.mask, 1) for p in parts]), torch.cat([p.position for p in parts]),
-                    torch.cat([p.next_logits for p in parts]), scores)
+        keys = torch.cat([padded(p.cache.layers[i].keys, 2) for p in parts])
+        values = torch.cat([padded(p.cache.layers[i].values, 2) for p in parts])
+        if type(layer) is DynamicLayer:
+            cache.layers[i] = _RoomyLayer(keys, values, room)
+        else:  # another kind (a sliding window): as it was
+            layer.keys, layer.values = keys, values
+    return _Part(cache, torch.cat([padded(p.mask, 1) for p in parts]), torch.cat([p.position for p in parts]))
+
+
+class _RoomyLayer(DynamicLayer):
+    """A joined batch's KV cache layer with room for the decoded tokens. transformers' DynamicLayer
+    copies the whole cache at every decoding step (torch.cat), 10% of a CPU evaluation of
+    SmolLM2-135M; here keys and values are views of buffers `room` tokens longer, a step writes
+    its token in place, and only dropping rows copies. The values, so the results, are the same."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
+        super().__init__()
+        self.is_initialized, self.device, self.length = True, keys.device, keys.shape[2]
+        self._keys, self._values = (x.new_empty((*x.shape[:2], x.shape[2] + room, x.shape[3])) for x in (keys, values))
+        self._keys[:, :, :self.length], self._values[:, :, :self.length] = keys, values
+        self._view()
+
+    def _view(self) -> None:
+        self.keys, self.values = self._keys[:, :, :self.length], self._values[:, :, :self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        new = key_states.shape[2]
+        if self.length + new > self._keys.shape[2]:  # out of room: grow (not in `_greedy`)
+            self._keys, self._values = (torch.cat([b, b.new_empty((*b.shape[:2], new, b.shape[3]))], dim=2)
+                                        for b in (self._keys, self._values))
+        self._keys[:, :, self.length:self.length + new] = key_states
+        self._values[:, :, self.length:self.length + new] = value_states
+        self.length += new
+        self._view()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self.length -= abs(tokens_to_remove)
+        self._view()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._keys, self._values = self._keys[indices], self._values[indices]
+        self._view()
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        self.batch_select_indices(beam_idx.to(self.device))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._keys, self._values = (b.repeat_interleave(repeats, dim=0) for b in (self._keys, self._values))
+        self._view()
 
 
 def _pick(logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -176,42 +271,65 @@ def _pick(logits: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def run_batch(fwds: Sequence[Model], rows: Sequence[Row], stops, max_new: int):
-    """Each model's pass over the batch, then greedy steps on all of them together that drop each
-    row the step it ends.
+    """Each model's passes over the batch, PREFILL_ROWS rows at a time, then greedy steps on all
+    of them together that drop each row the step it ends.
 
     Returns ({row index: generated tokens}, {request index: summed log-prob of its target, the
     mean over the models})."""
-    passes = [_prefill(fwd, rows, stops is not None) for fwd in fwds]
-    scores = {request: sum(p.scores[request] for p in passes) / len(passes) for request in passes[0].scores}
-    if not stops:
-        return {}, scores
-    first = passes[0]
-    return _greedy(fwds, rows, [p.cache for p in passes], first.mask, first.position,
-                   _pick([p.next_logits for p in passes]), stops, max_new), scores
+    import copy
+
+    generating = stops is not None
+    shared = _common_prefix(rows)
+    prefixes = [_prefix(fwd, rows, shared) for fwd in fwds]
+    scores: List[Dict[int, float]] = [{} for _ in fwds]
+    parts: List[List[_Part]] = [[] for _ in fwds]
+    out: Dict[int, List[int]] = {}
+    kept: List[Optional[int]] = []
+    for start in range(0, len(rows), PREFILL_ROWS):
+        chunk = rows[start:start + PREFILL_ROWS]
+        passes = [_prefill_part(fwd, chunk, copy.deepcopy(prefix), shared, generating)
+                  for fwd, prefix in zip(fwds, prefixes)]
+        for s, p in zip(scores, passes):
+            s.update(p.scores)
+        if generating:
+            chunk_kept = _drafted(passes, chunk, stops, max_new, out)
+            kept += chunk_kept
+            for own, p in zip(parts, passes):
+                own.append(_trimmed(p, chunk_kept, shared))
+        del passes
+    mean = {request: sum(s[request] for s in scores) / len(scores) for request in scores[0]}
+    alive = [j for j, k in enumerate(kept) if k is not None]
+    if not generating or not alive:
+        return out, mean
+    joined = [_joined(own, shared, max_new) for own in parts]
+    first = joined[0]
+    token = torch.tensor([out[rows[j].index][-1] for j in range(len(rows))], device=first.mask.device)
+    return _greedy(fwds, [rows[j].index for j in range(len(rows))], [p.cache for p in joined], first.mask,
+                   first.position, token, alive, out, stops, max_new), mean
 
 
-def _greedy(fwds: Sequence[Model], rows, caches, mask, position, token, stops,
-            max_new: int) -> Dict[int, List[int]]:
-    out = {r.index: [] for r in rows}
-    alive = list(range(len(rows)))
-    for step in range(max_new):
-        stay = []
-        for j, (i, t) in enumerate(zip(alive, token.tolist())):
-            out[rows[i].index].append(t)
-            if not stops.ended(out[rows[i].index]):
-                stay.append(j)
-        if not stay or step == max_new - 1:
-            break
-        if len(stay) < len(alive):  # ended rows leave the batch (and the caches)
-            keep = torch.tensor(stay, device=token.device)
+def _greedy(fwds: Sequence[Model], index: Sequence[int], caches, mask, position, token, alive: List[int],
+            out: Dict[int, List[int]], stops, max_new: int) -> Dict[int, List[int]]:
+    """Greedy steps on the joined caches (batch row j is row `index[j]`) for the `alive` rows:
+    each feeds its last token in `out` and appends the pick, until it ends or has max_new tokens."""
+    batch = list(range(len(index)))  # the rows in the caches
+    while alive:
+        if len(alive) < len(batch):  # ended rows leave the batch (and the caches)
+            where = {j: n for n, j in enumerate(batch)}
+            keep = torch.tensor([where[j] for j in alive], device=token.device)
             for cache in caches:
                 cache.batch_select_indices(keep)
-            alive = [alive[j] for j in stay]
-            mask, position, token = mask[keep], position[keep], token[keep]
-        mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+            mask, position, token, batch = mask[keep], position[keep], token[keep], alive
+        mask = torch.cat([mask, mask.new_ones(len(batch), 1)], dim=1)
         position = position + 1
         token = _pick([fwd(cache, input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None],
                            logits_to_keep=1)[:, -1] for fwd, cache in zip(fwds, caches)])
+        alive = []
+        for j, t in zip(batch, token.tolist()):
+            tokens = out[index[j]]
+            tokens.append(t)
+            if not stops.ended(tokens) and len(tokens) < max_new:
+                alive.append(j)
     return out
 
 

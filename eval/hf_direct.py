@@ -12,7 +12,8 @@ pays for the prompt twice. Here, on HFLM's own loaded model and with its tokeniz
   special tokens, cut at the first stop string;
 - scoring computes vocabulary logits only where a continuation token is scored;
 - `generate_and_score` runs each prompt with its reference continuation once: the score
-  comes from that pass, and generation goes on from the same pass's cache of the prompt;
+  comes from that pass, and generation goes on from the same pass's cache; where the greedy
+  answer follows the reference, its tokens come from that pass's picks, without decoding steps;
 - an output ensemble's members (eval/ensemble.py) run the same way, each with its own pass and
   cache, decoding together on the mean of their log-softmax, so each member's scores are those
   of its own evaluation.

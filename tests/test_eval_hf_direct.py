@@ -116,3 +116,30 @@ def test_generation_settings_that_change_greedy_decoding_go_through_lm_eval(live
         assert generate(lively, prompts, 8, []) == penalised
     finally:
         config.suppress_tokens = None
+
+
+def test_a_reference_the_answer_follows_stands_in_for_decoding_steps(lively, monkeypatch):
+    """generate_and_score's pass over prompt + reference has the greedy pick after every reference
+    token: where the answer follows the reference, those picks are the answer's tokens, and no
+    decoding step runs for them. The answers stay lm-eval's, stop strings included."""
+    prompts, _ = _requests(lively)
+    free = _lm_eval_generate(lively, prompts, 10, [])
+    # Rows' own answers as references: whole (even rows), or their first half and then other text.
+    references = [text if i % 2 == 0 else text[:len(text) // 2] + " zz" for i, text in enumerate(free)]
+    decoded = []  # rows of each one-token decoding step
+    real = hf_batches.Model.__call__
+
+    def counting(self, cache, **kwargs):
+        if kwargs["input_ids"].shape[1] == 1 and "attention_mask" in kwargs:
+            decoded.append(kwargs["input_ids"].shape[0])
+        return real(self, cache, **kwargs)
+
+    monkeypatch.setattr(hf_batches.Model, "__call__", counting)
+    assert generate(lively, prompts, 10, []) == free
+    plain, decoded[:] = sum(decoded), []
+    texts, _ = generate_and_score(lively, prompts, references, 10, [])
+    assert texts == free
+    assert sum(decoded) < plain / 2, (sum(decoded), plain)
+    stops = [free[0][3:6], free[4][:2]]  # text inside the drafted answers: those rows end there
+    expected = _lm_eval_generate(lively, prompts, 10, stops)
+    assert generate_and_score(lively, prompts, references, 10, stops)[0] == expected != free
