@@ -218,7 +218,7 @@ def _joined(parts: Sequence[_Part], shared: int, room: int) -> _Part:
 
 class _RoomyLayer(DynamicLayer):
     """A joined batch's KV cache layer with room for the decoded tokens. transformers' DynamicLayer
-    copies the whole cache at every decoding step (torch.cat), 10% of a CPU evaluation of
+    copies the whole cache at every decoding step (torch.cat), 9% of a CPU evaluation of
     SmolLM2-135M; here keys and values are views of buffers `room` tokens longer, a step writes
     its token in place, and only dropping rows copies. The values, so the results, are the same."""
 
