@@ -83,6 +83,15 @@ def test_order_folder_is_a_complete_hf_model(two_orders):
     assert not list(two_orders[0].glob(".order-*"))
 
 
+def test_cpu_steps_run_packed_without_activation_checkpointing(two_orders):
+    """Every step of a CPU run took train/packed_rows.py's path, which needs a KV cache in
+    training: activation checkpointing stayed off, as the config says (TRL's default is on)."""
+    out, _ = two_orders
+    for k in range(2):
+        summary = json.loads((out / f"order-{k}" / "summary.json").read_text())
+        assert summary["packed_batches"] == summary["steps"] > 0
+
+
 def test_sample_losses_cover_every_sample_once(two_orders):
     from sftmerge.data.pairs import load_pairs
 

@@ -67,6 +67,24 @@ def test_dpo_and_sft_share_the_optimisation_fields_and_their_checks():
     assert DPORunConfig().learning_rate == 5e-6 and SFTRunConfig().learning_rate == 5e-5
 
 
+@pytest.mark.parametrize("on", [False, True])
+def test_activation_checkpointing_is_what_the_config_says(on, tmp_path):
+    """TRL's configs default it to True: the trainers must get the config's value either way."""
+    import warnings
+
+    from trl import DPOConfig
+
+    from sftmerge.train.dpo import _args
+    from sftmerge.train.trainer_inputs import sft_args
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # and by its current name
+        sft = sft_args(SFTRunConfig(gradient_checkpointing=on), tmp_path, "fp32")
+        dpo = DPOConfig(**_args(DPORunConfig(gradient_checkpointing=on), tmp_path, "fp32"))
+    for args in (sft, dpo):
+        assert args.activation_checkpointing is on and args.gradient_checkpointing is on
+
+
 def _make(*args: str) -> str:
     make = shutil.which("make")
     if make is None:

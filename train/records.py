@@ -46,6 +46,7 @@ class OrderOutcome:
     start_step: int  # the step training resumed from (0: a fresh start)
     processes: int
     distributed: Optional[Dict] = None  # how the main process held the parameters (trainers.parameter_layout)
+    packed_batches: int = 0  # batches trained through train/packed_rows.py (this session, if resumed)
 
 
 @dataclass
@@ -116,6 +117,7 @@ def write_records(outcome: OrderOutcome, folder: Path, scores: Optional[SampleSc
         "threads": torch.get_num_threads(),  # float sums (so the last bits of the weights) depend on it
         "distributed": outcome.distributed,
         "initial_weights_fingerprint": outcome.fingerprint,
+        "packed_batches": outcome.packed_batches,
         "lora": c.lora,
         "l1": c.l1,
         # How each pair became text, so evaluation can present prompts the same way.

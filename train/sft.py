@@ -145,6 +145,7 @@ def _fit(config: SFTRunConfig, k: int, pairs: Sequence[Pair], work: Path, staged
         peft_config=_lora_config(config),
         epoch_orders=orders,
         l1=config.l1,
+        pack_rows=config.pack_rows,
         callbacks=list(callbacks),
     )
     if len(trainer.train_dataset) != len(pairs):
@@ -178,6 +179,7 @@ def _fit(config: SFTRunConfig, k: int, pairs: Sequence[Pair], work: Path, staged
         max_steps=trainer.state.max_steps, train_seconds=result.metrics.get("train_runtime", seconds),
         start_step=start_step, processes=trainer.accelerator.num_processes,
         distributed=layout.layout or parameter_layout(trainer.model, trainer.accelerator),
+        packed_batches=trainer.packed_batches,
     )
     state.wait_for_everyone()  # the folder is complete before any process reads it back
     return outcome, trainer.train_dataset

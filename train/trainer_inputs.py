@@ -33,8 +33,9 @@ def common_trainer_args(config, output_dir: Path, precision: str) -> Dict:
         logging_steps=config.logging_steps,
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
-        # Only when on: transformers warns about the name whenever it is passed.
-        **({"gradient_checkpointing": True} if config.gradient_checkpointing else {}),
+        # Always by its current name: TRL's configs default the old alias `gradient_checkpointing`
+        # to True, which transformers takes (with a warning) whenever the new name is unset.
+        activation_checkpointing=config.gradient_checkpointing,
     )
 
 

@@ -15,6 +15,7 @@ from trl import SFTTrainer
 from sftmerge.io.layout import RunLayout
 from sftmerge.train.l1 import L1Delta
 from sftmerge.train.order import EpochOrderSampler
+from sftmerge.train.packed_rows import packable, packed_nll
 from sftmerge.train.response_logits import IGNORE, accepts_positions, response_logits, token_nll
 from sftmerge.train.saving import merged_copy, save_hf_folder
 
@@ -22,10 +23,12 @@ from sftmerge.train.saving import merged_copy, save_hf_folder
 class OrderedSFTTrainer(SFTTrainer):
     """SFTTrainer whose data order is a given permutation per epoch, with PAFT's optional L1 penalty."""
 
-    def __init__(self, *a, epoch_orders: List[List[int]], l1: float = 0.0, **kw):
+    def __init__(self, *a, epoch_orders: List[List[int]], l1: float = 0.0, pack_rows: bool = False, **kw):
         self._epoch_orders = epoch_orders
         super().__init__(*a, **kw)
         self._l1 = L1Delta(self.model, l1) if l1 else None  # before any step: the base weights
+        self._pack_rows = pack_rows
+        self.packed_batches = 0  # batches whose loss came from train/packed_rows.py (summary.json)
 
     def _get_train_sampler(self, train_dataset=None):
         return EpochOrderSampler(self._epoch_orders)
@@ -66,11 +69,16 @@ class OrderedSFTTrainer(SFTTrainer):
             outputs = model(**{**inputs, "use_cache": False}, num_items_in_batch=num_items_in_batch)
             loss = outputs.loss
         else:
-            rest = {k: v for k, v in inputs.items() if k != "labels"}
-            positions = accepts_positions(self.accelerator.unwrap_model(model))
-            outputs, logits, targets = response_logits(model, rest, labels, positions)
-            total = token_nll(logits, targets).sum()
-            count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE).sum()
+            packed = None if return_outputs else self._packed_nll(model, inputs, labels)
+            if packed is not None:
+                outputs, (total, trained) = None, packed
+                self.packed_batches += 1
+            else:
+                rest = {k: v for k, v in inputs.items() if k != "labels"}
+                positions = accepts_positions(self.accelerator.unwrap_model(model))
+                outputs, logits, targets = response_logits(model, rest, labels, positions)
+                total, trained = token_nll(logits, targets).sum(), (targets != IGNORE).sum()
+            count = num_items_in_batch if num_items_in_batch is not None else trained
             loss = total / (count.to(total.device) if torch.is_tensor(count) else count)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # as TRL and Trainer: DDP averages the gradients
@@ -78,6 +86,15 @@ class OrderedSFTTrainer(SFTTrainer):
             self._total_train_tokens += int(self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum())
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         return (loss, outputs) if return_outputs else loss
+
+    def _packed_nll(self, model, inputs, labels):
+        """train/packed_rows.py's loss terms where they apply: asked for, one process (a wrapped model
+        takes one forward per step), a plain batch (ids, mask, labels) and a model that runs packs."""
+        if not self._pack_rows or self.accelerator.distributed_type != DistributedType.NO:
+            return None
+        if set(inputs) != {"input_ids", "attention_mask", "labels"} or not packable(model):
+            return None
+        return packed_nll(model, inputs["input_ids"], inputs["attention_mask"], labels)
 
 
 class Snapshots(TrainerCallback):
