@@ -46,7 +46,7 @@ class SFTRunConfig(TrainRunConfig):
 
     # --- how a CPU step runs its batch (train/packed_rows.py; GPUs take TRL's own loss)
     pack_rows: bool = knob(True, "On a CPU: the batch's shared prefix once, its rows packed without padding "
-                                 "(the same loss, about 1.4x fewer tokens for chat-template arith); "
+                                 "(the same loss, 1.5x fewer tokens for the demo's arith batches); "
                                  "off: TRL's padded batch.")
 
     # --- kept snapshots (the resume checkpoints are `save_steps`)
