@@ -18,12 +18,13 @@ another batch size do.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from transformers.cache_utils import DynamicLayer
+
+from sftmerge.train.forward_args import cache_arg
 
 
 @dataclass
@@ -42,8 +43,7 @@ class Model:
     def __init__(self, model, pad: Optional[int]):
         self.model, self.pad = model, pad or 0
         self.device = next(self.model.parameters()).device
-        params = inspect.signature(self.model.forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed within transformers 5
+        self.cache_arg = cache_arg(self.model)
 
     @torch.no_grad()
     def __call__(self, cache, **kwargs):

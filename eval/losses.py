@@ -14,7 +14,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from sftmerge.train.base import base_dtype
-from sftmerge.train.response_logits import IGNORE, accepts_positions, response_logits, token_nll
+from sftmerge.train.forward_args import accepts_positions
+from sftmerge.train.response_logits import IGNORE, response_logits, token_nll
 
 
 @torch.no_grad()

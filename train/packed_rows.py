@@ -1,7 +1,7 @@
 """A CPU training batch without padding or repeats: the rows' shared prefix once, the rest packed.
 
 TRL pads a batch to its longest row, and every row of a chat-template batch begins with the same
-system turn (SmolLM2's arith samples: 24 shared tokens of 81-110). On a CPU a step costs its
+system turn (SmolLM2's arith samples: 24 shared tokens of 79-112). On a CPU a step costs its
 tokens, so here the shared prefix runs once (batch 1), its keys and values serve every row, and
 the rows' remaining tokens run as packs of at most PACK_TOKENS tokens, each row at its own
 positions with a block-diagonal causal mask (its own tokens and the prefix). The loss is the same
@@ -18,18 +18,19 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from sftmerge.train.forward_args import base_of, cache_arg
 from sftmerge.train.response_logits import IGNORE
 
 # Tokens per pack (after the prefix). A pack's attention is dense over its rows, so its cost grows
-# with the square of the pack; at 512 it stays a small share of the step (SmolLM2-135M: about 10%)
-# while the matrix products keep enough rows to run at full speed.
+# with the square of the pack: at 512, under a fifth of the linear layers' FLOPs for SmolLM2-135M,
+# and a demo batch ran as fast in packs of 256 as in one; packs of about 140 (two rows) were slower.
 PACK_TOKENS = 512
 
 
 def packable(model) -> bool:
     """Whether `model` (a PEFT model's base is asked) runs packs: SDPA (a boolean 4D mask), every
     layer full attention, a KV cache in training (no gradient checkpointing)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_of(model)
     config = getattr(inner, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
         return False
@@ -43,14 +44,6 @@ def packable(model) -> bool:
     if layer_types is not None:
         return all(t == "full_attention" for t in layer_types)
     return not getattr(config, "sliding_window", None) and not getattr(config, "attention_chunk_size", None)
-
-
-def _cache_arg(model) -> str:
-    """The name the model's forward gives the KV cache (renamed within transformers 5)."""
-    import inspect
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def _lengths(attention_mask: torch.Tensor) -> Optional[List[int]]:
@@ -117,7 +110,7 @@ def packed_nll(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, lab
     if lengths is None or not (labels[:, 1:] != IGNORE).any():
         return None
     prefix = shared_prefix(input_ids, labels, lengths)
-    name, kv = _cache_arg(model), None
+    name, kv = cache_arg(model), None
     if prefix:
         cache = DynamicCache()
         model(input_ids=input_ids[:1, :prefix], **{name: cache}, use_cache=True, logits_to_keep=1)

@@ -10,17 +10,9 @@ same (position, target) pairs as the model's own shifted cross-entropy.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 IGNORE = -100  # the label of a token that is not trained (prompt, padding)
-
-
-def accepts_positions(model) -> bool:
-    """Whether `model` (unwrapped; a PEFT model's base is asked) takes `logits_to_keep`."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def scored_positions(labels: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ from sftmerge.io.layout import RunLayout
 from sftmerge.train.l1 import L1Delta
 from sftmerge.train.order import EpochOrderSampler
 from sftmerge.train.packed_rows import packable, packed_nll
-from sftmerge.train.response_logits import IGNORE, accepts_positions, response_logits, token_nll
+from sftmerge.train.forward_args import accepts_positions
+from sftmerge.train.response_logits import IGNORE, response_logits, token_nll
 from sftmerge.train.saving import merged_copy, save_hf_folder
 
 
